@@ -1,0 +1,328 @@
+//! The rules of the API, apart from HTTP and storage: authenticating apps,
+//! issuing links, consuming tokens and issuing session JWTs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use magicauth::wire::{ErrorCode, SendLinkResponse, SessionClaims, User, VerifyTokenResponse};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::clock::{Clock, month_of, ms_until_next_month, to_datetime};
+use crate::domain::{
+    AppKey, EmailAddress, MagicToken, RedirectAllowList, RedirectUrl, ValidationError, random_base62, random_urlsafe,
+};
+use crate::mail::render_sign_in_email;
+use crate::metrics::Metrics;
+use crate::session::SessionSigner;
+use crate::store::{
+    AppRecord, ConsumeOutcome, CreateLinkOutcome, DynStore, NewLink, NewMail, Plan, RateDecision, RateQuery,
+    StoreError, WindowState,
+};
+
+/// Links one address may request per app in `EMAIL_WINDOW`.
+pub const EMAIL_LIMIT: u32 = 5;
+pub const EMAIL_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub const APP_WINDOW: Duration = Duration::from_secs(60);
+/// Burst limit of free-plan apps (and the default for custom ones).
+pub const DEFAULT_BURST: u32 = 100;
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A failed API call, one variant per error code of the contract.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("Invalid token")]
+    InvalidToken,
+    #[error("Token already used")]
+    TokenUsed,
+    #[error("Token expired")]
+    TokenExpired,
+    #[error("Invalid app_key")]
+    InvalidAppKey,
+    #[error("App disabled")]
+    AppDisabled,
+    #[error("Redirect URL not whitelisted")]
+    RedirectNotAllowed,
+    #[error("Rate limit exceeded")]
+    RateLimited,
+    #[error("Monthly limit exceeded")]
+    QuotaExceeded,
+    #[error("Internal server error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl AuthError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AuthError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            AuthError::InvalidToken => ErrorCode::InvalidToken,
+            AuthError::TokenUsed => ErrorCode::TokenUsed,
+            AuthError::TokenExpired => ErrorCode::TokenExpired,
+            AuthError::InvalidAppKey => ErrorCode::InvalidAppKey,
+            AuthError::AppDisabled => ErrorCode::AppDisabled,
+            AuthError::RedirectNotAllowed => ErrorCode::RedirectNotAllowed,
+            AuthError::RateLimited => ErrorCode::RateLimited,
+            AuthError::QuotaExceeded => ErrorCode::QuotaExceeded,
+            AuthError::Internal(_) => ErrorCode::InternalError,
+        }
+    }
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        AuthError::Internal(e.into())
+    }
+}
+
+impl From<ValidationError> for AuthError {
+    fn from(e: ValidationError) -> Self {
+        AuthError::InvalidRequest(e.message)
+    }
+}
+
+/// An authenticated, enabled app with its parsed allow-list.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub record: AppRecord,
+    pub allow_list: RedirectAllowList,
+}
+
+/// What the rate limiter reports for the `RateLimit-*` and `Retry-After` headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateInfo {
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_s: u64,
+    pub retry_after_s: Option<u64>,
+}
+
+impl RateInfo {
+    fn from_window(w: WindowState, limited: bool) -> Self {
+        let reset_s = ceil_secs(w.reset_ms);
+        Self {
+            limit: w.limit,
+            remaining: w.remaining,
+            reset_s,
+            retry_after_s: limited.then_some(reset_s.max(1)),
+        }
+    }
+}
+
+fn ceil_secs(ms: i64) -> u64 {
+    u64::try_from(ms.max(0)).unwrap_or(0).div_ceil(1000)
+}
+
+/// Result of `send_link`, with the rate-limit state once the request got that far.
+#[derive(Debug)]
+pub struct SendLinkOutcome {
+    pub result: Result<SendLinkResponse, AuthError>,
+    pub rate: Option<RateInfo>,
+}
+
+/// Operator settings the rules depend on.
+#[derive(Clone, Debug)]
+pub struct AuthSettings {
+    /// JWT `iss`: the server's public URL.
+    pub issuer: String,
+    pub sponsor_footer: Option<String>,
+    /// Domain for generated Message-IDs.
+    pub message_id_domain: String,
+}
+
+pub struct AuthService {
+    pub store: DynStore,
+    pub clock: Arc<dyn Clock>,
+    pub signer: Arc<SessionSigner>,
+    pub metrics: Arc<Metrics>,
+    /// Woken after a link is queued so the email goes out at once.
+    pub mail_wake: Arc<Notify>,
+    pub settings: AuthSettings,
+}
+
+impl AuthService {
+    /// Finds the app of a key. Apps are read on every request (no cache), so
+    /// a disabled app or rotated key takes effect at once on every replica.
+    pub async fn authenticate(&self, app_key: &str) -> Result<App, AuthError> {
+        let key = AppKey::parse(app_key).ok_or(AuthError::InvalidAppKey)?;
+        let record = self
+            .store
+            .app_by_key_hash(&key.hash())
+            .await?
+            .ok_or(AuthError::InvalidAppKey)?;
+        if record.disabled {
+            return Err(AuthError::AppDisabled);
+        }
+        let allow_list = RedirectAllowList::parse_all(&record.redirect_urls)
+            .map_err(|e| AuthError::Internal(anyhow::anyhow!("app {} has a bad redirect URL: {e}", record.id)))?;
+        Ok(App { record, allow_list })
+    }
+
+    /// `POST /api/send-link` after authentication: rate limits, validation,
+    /// allow-list, then the link and its email are stored in one transaction.
+    pub async fn send_link(&self, app: &App, email: &str, redirect_url: Option<&str>) -> SendLinkOutcome {
+        let now = self.clock.now_ms();
+        let email_bucket = hex(&Sha256::digest(email.trim().to_lowercase().as_bytes()));
+        let month = month_of(now);
+        let decision = self
+            .store
+            .check_send_rate(&RateQuery {
+                app_id: &app.record.id,
+                email_bucket: &email_bucket,
+                now,
+                app_limit: app.record.burst,
+                app_window_ms: APP_WINDOW.as_millis() as i64,
+                email_limit: EMAIL_LIMIT,
+                email_window_ms: EMAIL_WINDOW.as_millis() as i64,
+                month: &month,
+                monthly_limit: app.record.monthly_limit,
+            })
+            .await;
+        let rate = match decision {
+            Err(e) => return SendLinkOutcome { result: Err(e.into()), rate: None },
+            Ok(RateDecision::AppLimited(w)) | Ok(RateDecision::EmailLimited(w)) => {
+                return SendLinkOutcome {
+                    result: Err(AuthError::RateLimited),
+                    rate: Some(RateInfo::from_window(w, true)),
+                };
+            }
+            Ok(RateDecision::QuotaExceeded) => {
+                return SendLinkOutcome {
+                    result: Err(AuthError::QuotaExceeded),
+                    rate: Some(quota_info(app, now)),
+                };
+            }
+            // Report whichever limit is closer to running out.
+            Ok(RateDecision::Allowed { app: a, email: e }) => {
+                RateInfo::from_window(if e.remaining < a.remaining { e } else { a }, false)
+            }
+        };
+        let result = self.issue_link(app, email, redirect_url, now, &month).await;
+        let rate = match &result {
+            Err(AuthError::QuotaExceeded) => quota_info(app, now),
+            _ => rate,
+        };
+        SendLinkOutcome { result, rate: Some(rate) }
+    }
+
+    async fn issue_link(
+        &self,
+        app: &App,
+        email: &str,
+        redirect_url: Option<&str>,
+        now: i64,
+        month: &str,
+    ) -> Result<SendLinkResponse, AuthError> {
+        let email = EmailAddress::parse(email)?;
+        let redirect = match redirect_url {
+            Some(raw) => RedirectUrl::parse(raw)?,
+            None => app.allow_list.first().clone(),
+        };
+        if !app.allow_list.allows(&redirect) {
+            return Err(AuthError::RedirectNotAllowed);
+        }
+        let token = MagicToken::generate();
+        let ttl = Duration::from_secs(u64::try_from(app.record.token_ttl_s).unwrap_or(0));
+        let footer = match app.record.plan {
+            Plan::Free => self.settings.sponsor_footer.as_deref(),
+            Plan::Custom => None,
+        };
+        let rendered = render_sign_in_email(&app.record.name, &redirect.with_token(&token), ttl, footer);
+        let link = NewLink {
+            token_hash: token.hash(),
+            app_id: app.record.id.clone(),
+            email: email.as_str().to_owned(),
+            redirect_url: redirect.as_str().to_owned(),
+            created_at: now,
+            expires_at: now + app.record.token_ttl_s * 1000,
+        };
+        let mail = NewMail {
+            app_id: app.record.id.clone(),
+            recipient: email.as_str().to_owned(),
+            message_id: format!("{}@{}", random_base62(24), self.settings.message_id_domain),
+            subject: rendered.subject,
+            text_body: rendered.text_body,
+            html_body: rendered.html_body,
+            created_at: now,
+        };
+        match self
+            .store
+            .create_link(&link, &mail, month, app.record.monthly_limit)
+            .await?
+        {
+            CreateLinkOutcome::QuotaExceeded => Err(AuthError::QuotaExceeded),
+            CreateLinkOutcome::Created { outbox_id } => {
+                self.metrics.link_sent();
+                self.mail_wake.notify_one();
+                tracing::info!(app_id = %app.record.id, outbox_id, "magic link queued");
+                Ok(SendLinkResponse {
+                    success: true,
+                    expires_in: u64::try_from(app.record.token_ttl_s).unwrap_or(0),
+                })
+            }
+        }
+    }
+
+    /// `POST /api/verify-token` after authentication.
+    pub async fn verify_token(&self, app: &App, token: &str) -> Result<VerifyTokenResponse, AuthError> {
+        let result = self.consume(app, token).await;
+        self.metrics.record_verification(match &result {
+            Ok(_) => "success",
+            Err(AuthError::InvalidToken) => "invalid_token",
+            Err(AuthError::TokenUsed) => "token_used",
+            Err(AuthError::TokenExpired) => "token_expired",
+            Err(_) => "error",
+        });
+        result
+    }
+
+    async fn consume(&self, app: &App, token: &str) -> Result<VerifyTokenResponse, AuthError> {
+        let token = MagicToken::parse(token.trim()).ok_or(AuthError::InvalidToken)?;
+        let now = self.clock.now_ms();
+        let (user, redirect_url) = match self.store.consume_link(&token.hash(), &app.record.id, now).await? {
+            ConsumeOutcome::Consumed { user, redirect_url } => (user, redirect_url),
+            ConsumeOutcome::Invalid => return Err(AuthError::InvalidToken),
+            ConsumeOutcome::Used => return Err(AuthError::TokenUsed),
+            ConsumeOutcome::Expired => return Err(AuthError::TokenExpired),
+        };
+        let iat = now.div_euclid(1000);
+        let claims = SessionClaims {
+            iss: self.settings.issuer.clone(),
+            sub: user.id.to_string(),
+            aud: app.record.id.clone(),
+            email: user.email.clone(),
+            iat,
+            exp: iat + app.record.session_ttl_s,
+            jti: random_urlsafe(16),
+        };
+        tracing::info!(app_id = %app.record.id, user_id = user.id, "token verified");
+        Ok(VerifyTokenResponse {
+            success: true,
+            token: self.signer.sign(&claims),
+            user: User {
+                id: user.id,
+                email: user.email,
+                name: user.name,
+                email_verified_at: to_datetime(user.email_verified_at.div_euclid(1000) * 1000),
+                last_login_at: to_datetime(user.last_login_at.div_euclid(1000) * 1000),
+            },
+            redirect_url,
+        })
+    }
+}
+
+fn quota_info(app: &App, now: i64) -> RateInfo {
+    let reset_s = ceil_secs(ms_until_next_month(now)).max(1);
+    RateInfo {
+        limit: app.record.monthly_limit.unwrap_or(0),
+        remaining: 0,
+        reset_s,
+        retry_after_s: Some(reset_s),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,206 @@
+//! Command line and environment: every subcommand reads the same configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::domain::parse_duration;
+use crate::mail::SmtpUrl;
+use crate::store::Plan;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "magicauth-server",
+    version,
+    about = "MagicAuth reference server: emails single-use magic links and verifies them.",
+    long_about = "MagicAuth reference server: emails single-use magic links and verifies them.\n\n\
+                  Without a subcommand it runs `serve`. Every option can also be set by its \
+                  environment variable; flags win."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Settings shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Database: `sqlite://PATH` (created if missing).
+    #[arg(long, env = "MAGICAUTH_DATABASE_URL", default_value = "sqlite://magicauth.db", global = true, hide_env_values = true)]
+    pub database_url: String,
+
+    /// Address to bind.
+    #[arg(long, env = "MAGICAUTH_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    pub listen: SocketAddr,
+
+    /// Public base URL (JWT `iss`, links in emails); default `http://<listen>`.
+    #[arg(long, env = "MAGICAUTH_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    /// SMTP relay: `smtp://user:pass@host:port` (STARTTLS when offered),
+    /// `smtps://…` (TLS) or `smtp+plain://host:port` (no TLS). Unset: write `.eml` files.
+    #[arg(long, env = "MAGICAUTH_SMTP_URL", global = true, hide_env_values = true)]
+    pub smtp_url: Option<SmtpUrl>,
+
+    /// Without SMTP, each email is written here as an `.eml` file.
+    #[arg(long, env = "MAGICAUTH_MAIL_DIR", default_value = "./mail", global = true)]
+    pub mail_dir: PathBuf,
+
+    /// Sender of the emails.
+    #[arg(long, env = "MAGICAUTH_MAIL_FROM", default_value = "MagicAuth <no-reply@localhost>", global = true)]
+    pub mail_from: String,
+
+    /// Footer text added to emails of free-plan apps.
+    #[arg(long, env = "MAGICAUTH_SPONSOR_FOOTER", global = true)]
+    pub sponsor_footer: Option<String>,
+
+    /// Log format on stderr.
+    #[arg(long, env = "MAGICAUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The configured public URL without a trailing slash, or `http://<listen>`.
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{bound}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server and the mail worker (applies pending migrations first).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage apps.
+    #[command(subcommand)]
+    Apps(AppsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// Create an app; prints its id and its app_key (shown only here).
+    Create(CreateApp),
+    /// List apps.
+    List {
+        /// One line of JSON (an array of apps).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable an app: its requests get 403 app_disabled.
+    Disable {
+        /// App id (`app_…`).
+        id: String,
+    },
+    /// Enable a disabled app.
+    Enable {
+        /// App id (`app_…`).
+        id: String,
+    },
+    /// Replace the app_key; the old key stops working at once. Prints the new key.
+    RotateKey {
+        /// App id (`app_…`).
+        id: String,
+        /// One line of JSON: {"app_id": …, "app_key": …}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateApp {
+    /// Display name, used in email subjects.
+    #[arg(long)]
+    pub name: String,
+    /// Allowed redirect URL (repeatable); the first is the default.
+    #[arg(long = "redirect-url", required = true)]
+    pub redirect_urls: Vec<String>,
+    /// Plan: `free` emails carry the sponsor footer, `custom` never.
+    #[arg(long, value_enum, default_value = "free")]
+    pub plan: Plan,
+    /// Links per rolling minute (default 100).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub burst: Option<u32>,
+    /// Links per calendar month (UTC); unlimited when unset.
+    #[arg(long)]
+    pub monthly_limit: Option<u32>,
+    /// Lifetime of a link, e.g. 90s, 15m, 24h (default 15m).
+    #[arg(long, value_parser = duration_arg)]
+    pub token_ttl: Option<Duration>,
+    /// Lifetime of the session JWT (default 24h).
+    #[arg(long, value_parser = duration_arg)]
+    pub session_ttl: Option<Duration>,
+    /// One line of JSON: {"app_id": …, "app_key": …}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse_after_subcommands() {
+        let cli = Cli::try_parse_from([
+            "magicauth-server",
+            "apps",
+            "create",
+            "--name",
+            "Demo",
+            "--redirect-url",
+            "https://a.com/cb",
+            "--redirect-url",
+            "http://localhost:3000/cb",
+            "--token-ttl",
+            "90s",
+            "--database-url",
+            "sqlite://x.db",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.database_url, "sqlite://x.db");
+        let Some(Command::Apps(AppsCommand::Create(create))) = cli.command else {
+            panic!("expected apps create")
+        };
+        assert_eq!(create.redirect_urls.len(), 2);
+        assert_eq!(create.token_ttl, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn bad_durations_are_refused() {
+        let parsed = Cli::try_parse_from([
+            "magicauth-server",
+            "apps",
+            "create",
+            "--name",
+            "x",
+            "--redirect-url",
+            "https://a.com",
+            "--token-ttl",
+            "soon",
+        ]);
+        assert!(parsed.is_err());
+    }
+}

@@ -1,0 +1,340 @@
+//! Persistence behind one trait, with one implementation per database.
+//!
+//! Everything that several server replicas must agree on (token consumption,
+//! rate-limit counters, idempotency records, apps, the signing key and the
+//! mail outbox) lives here, and every operation that must be atomic is one
+//! method, so each backend can make it atomic in its own way.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::SecretHash;
+
+pub use sqlite::SqliteStore;
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type Millis = i64;
+
+/// Errors of the storage layer. Details are for logs, never for API clients.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL (expected sqlite://…): {0}")]
+    UnsupportedUrl(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Billing plan of an app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plan {
+    /// Free plan: sponsored emails.
+    Free,
+    /// Custom plan: no sponsor footer.
+    Custom,
+}
+
+impl Plan {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plan::Free => "free",
+            Plan::Custom => "custom",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "free" => Some(Plan::Free),
+            "custom" => Some(Plan::Custom),
+            _ => None,
+        }
+    }
+}
+
+/// An app as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppRecord {
+    pub id: String,
+    pub name: String,
+    pub plan: Plan,
+    pub burst: u32,
+    pub monthly_limit: Option<u32>,
+    pub token_ttl_s: i64,
+    pub session_ttl_s: i64,
+    pub redirect_urls: Vec<String>,
+    pub disabled: bool,
+    pub created_at: Millis,
+}
+
+/// A new app and the hash of its key.
+#[derive(Clone, Debug)]
+pub struct NewApp {
+    pub record: AppRecord,
+    pub key_hash: SecretHash,
+}
+
+/// What the send-link rate check asks for.
+#[derive(Clone, Debug)]
+pub struct RateQuery<'a> {
+    pub app_id: &'a str,
+    /// Hash of the normalised email address, so the table holds no addresses.
+    pub email_bucket: &'a str,
+    pub now: Millis,
+    pub app_limit: u32,
+    pub app_window_ms: i64,
+    pub email_limit: u32,
+    pub email_window_ms: i64,
+    pub month: &'a str,
+    pub monthly_limit: Option<u32>,
+}
+
+/// State of one sliding-window limit after a check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowState {
+    pub limit: u32,
+    /// Requests left in the window, after counting this one if it was allowed.
+    pub remaining: u32,
+    /// Milliseconds until the oldest counted request leaves the window.
+    pub reset_ms: i64,
+}
+
+/// Outcome of the send-link rate check. Only an `Allowed` request is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateDecision {
+    Allowed { app: WindowState, email: WindowState },
+    AppLimited(WindowState),
+    EmailLimited(WindowState),
+    QuotaExceeded,
+}
+
+/// A magic link to store.
+#[derive(Clone, Debug)]
+pub struct NewLink {
+    pub token_hash: SecretHash,
+    pub app_id: String,
+    pub email: String,
+    pub redirect_url: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+}
+
+/// An email to queue in the outbox.
+#[derive(Clone)]
+pub struct NewMail {
+    pub app_id: String,
+    pub recipient: String,
+    pub message_id: String,
+    pub subject: String,
+    pub text_body: String,
+    pub html_body: String,
+    pub created_at: Millis,
+}
+
+impl std::fmt::Debug for NewMail {
+    // The bodies carry the magic link: never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewMail")
+            .field("app_id", &self.app_id)
+            .field("recipient", &self.recipient)
+            .field("message_id", &self.message_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Result of storing a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateLinkOutcome {
+    Created { outbox_id: i64 },
+    /// The monthly quota was used up by a concurrent request.
+    QuotaExceeded,
+}
+
+/// A user row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: i64,
+    pub email: String,
+    pub name: Option<String>,
+    pub email_verified_at: Millis,
+    pub last_login_at: Millis,
+}
+
+/// Result of consuming a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsumeOutcome {
+    Consumed { user: UserRecord, redirect_url: String },
+    /// Unknown token, or issued for another app (which then stays unused).
+    Invalid,
+    Used,
+    Expired,
+}
+
+/// A stored idempotent response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Result of claiming an idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key is ours: run the request, then `complete` or `release` it.
+    Claimed,
+    /// A finished request with the same key and body: replay its response.
+    Replay(StoredResponse),
+    /// Same key, different request.
+    Mismatch,
+    /// The first request with this key is still running.
+    InProgress,
+}
+
+#[derive(Clone, Debug)]
+pub struct IdempotencyQuery<'a> {
+    pub app_id: &'a str,
+    pub key: &'a str,
+    pub request_hash: &'a [u8; 32],
+    pub now: Millis,
+    /// Records older than this are forgotten.
+    pub retention_ms: i64,
+    /// An in-flight claim older than this is considered abandoned (crashed replica).
+    pub abandon_after_ms: i64,
+}
+
+/// The Ed25519 signing key shared by every replica.
+#[derive(Clone)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    pub private_pkcs8: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub created_at: Millis,
+}
+
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An outbox row claimed for delivery.
+#[derive(Clone)]
+pub struct OutboxMail {
+    pub id: i64,
+    pub recipient: String,
+    pub message_id: String,
+    pub subject: String,
+    pub text_body: String,
+    pub html_body: String,
+    pub created_at: Millis,
+    /// Attempts including this one.
+    pub attempts: i64,
+}
+
+impl std::fmt::Debug for OutboxMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxMail")
+            .field("id", &self.id)
+            .field("message_id", &self.message_id)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Retention settings for the periodic clean-up.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub now: Millis,
+    pub rate_hits_ms: i64,
+    pub idempotency_ms: i64,
+    pub links_after_expiry_ms: i64,
+    pub outbox_done_ms: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Name of the backend, for logs.
+    fn backend(&self) -> &'static str;
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+    /// Cheap liveness query for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn create_app(&self, app: &NewApp) -> StoreResult<()>;
+    async fn list_apps(&self) -> StoreResult<Vec<AppRecord>>;
+    async fn app_by_key_hash(&self, key_hash: &SecretHash) -> StoreResult<Option<AppRecord>>;
+    /// Returns false when no app has this id.
+    async fn set_app_disabled(&self, app_id: &str, disabled: bool, now: Millis) -> StoreResult<bool>;
+    /// Replaces the key hash; the old key stops working at once. False when no such app.
+    async fn rotate_app_key(&self, app_id: &str, key_hash: &SecretHash, now: Millis) -> StoreResult<bool>;
+
+    /// Checks the per-app and per-email windows and the monthly quota, and
+    /// counts the request in both windows if it is allowed, atomically.
+    async fn check_send_rate(&self, query: &RateQuery<'_>) -> StoreResult<RateDecision>;
+
+    /// Stores the link and queues its email in one transaction, counting it
+    /// against the month (refused if that would exceed `monthly_limit`).
+    async fn create_link(
+        &self,
+        link: &NewLink,
+        mail: &NewMail,
+        month: &str,
+        monthly_limit: Option<u32>,
+    ) -> StoreResult<CreateLinkOutcome>;
+
+    /// Marks the token used (once, atomically) and records the login.
+    async fn consume_link(&self, token_hash: &SecretHash, app_id: &str, now: Millis) -> StoreResult<ConsumeOutcome>;
+
+    async fn claim_idempotency_key(&self, query: &IdempotencyQuery<'_>) -> StoreResult<IdempotencyClaim>;
+    async fn complete_idempotency_key(&self, app_id: &str, key: &str, response: &StoredResponse) -> StoreResult<()>;
+    /// Forgets an in-flight claim (the request failed in a way that must not be replayed).
+    async fn release_idempotency_key(&self, app_id: &str, key: &str) -> StoreResult<()>;
+
+    /// Returns the shared signing key, storing `candidate` if there is none yet.
+    /// Concurrent callers all get the same key.
+    async fn signing_key(&self, candidate: &SigningKeyRecord) -> StoreResult<SigningKeyRecord>;
+
+    /// Leases up to `limit` due emails until `lease_until`.
+    async fn claim_outbox(&self, now: Millis, lease_until: Millis, limit: u32) -> StoreResult<Vec<OutboxMail>>;
+    async fn outbox_sent(&self, id: i64, now: Millis) -> StoreResult<()>;
+    async fn outbox_retry(&self, id: i64, next_attempt_at: Millis, error: &str) -> StoreResult<()>;
+    async fn outbox_given_up(&self, id: i64, now: Millis, error: &str) -> StoreResult<()>;
+    /// Emails waiting for delivery.
+    async fn outbox_depth(&self) -> StoreResult<i64>;
+
+    /// Deletes what is past its retention.
+    async fn purge(&self, retention: &Retention) -> StoreResult<()>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store named by a database URL (`sqlite://…`).
+pub async fn connect(url: &str) -> StoreResult<DynStore> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// A database URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("****"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparseable URL>".to_string(),
+    }
+}
