@@ -20,23 +20,20 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told; for tests.
+/// The real clock plus an offset that tests move forward, so expiry and
+/// windows can be tested without sleeping while timers still run in real time.
 #[derive(Debug, Default)]
-pub struct ManualClock(AtomicI64);
+pub struct OffsetClock(AtomicI64);
 
-impl ManualClock {
-    pub fn new(start: Millis) -> Self {
-        Self(AtomicI64::new(start))
-    }
-
+impl OffsetClock {
     pub fn advance(&self, ms: i64) {
         self.0.fetch_add(ms, Ordering::SeqCst);
     }
 }
 
-impl Clock for ManualClock {
+impl Clock for OffsetClock {
     fn now_ms(&self) -> Millis {
-        self.0.load(Ordering::SeqCst)
+        SystemClock.now_ms() + self.0.load(Ordering::SeqCst)
     }
 }
 

@@ -1,7 +1,6 @@
 //! Exercises the test SMTP sink with lettre as a real client over TCP, plus a
 //! raw-socket client for protocol edge cases lettre never produces.
 
-mod support;
 
 use std::error::Error as _;
 use std::io;
@@ -11,7 +10,7 @@ use lettre::message::header::ContentTransferEncoding;
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use support::smtp::{ReceivedMail, SinkMode, SmtpSink};
+use crate::support::smtp::{ReceivedMail, SinkMode, SmtpSink};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
