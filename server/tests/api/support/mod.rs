@@ -3,7 +3,6 @@
 
 pub mod smtp;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
