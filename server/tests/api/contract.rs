@@ -683,3 +683,30 @@ async fn responses_never_contain_secrets() {
     assert!(!seen.contains(&key));
     assert!(!seen.contains(&token));
 }
+
+#[tokio::test]
+async fn concurrent_duplicates_of_one_idempotency_key_send_one_email() {
+    let app = Arc::new(TestApp::spawn().await);
+    let (_, key) = app.create_app(&[]).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (app, key) = (app.clone(), key.clone());
+        tasks.spawn(async move {
+            let response = app
+                .http
+                .post(format!("{}/api/send-link", app.base))
+                .header("Idempotency-Key", "same-click")
+                .json(&json!({"email": "dup@example.com", "app_key": key}))
+                .send()
+                .await
+                .unwrap();
+            json_of(response).await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        assert_eq!(result.unwrap(), (200, json!({"success": true, "expires_in": 900})));
+    }
+    app.wait_for_mail(1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(app.smtp.messages().await.len(), 1);
+}

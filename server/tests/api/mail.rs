@@ -188,3 +188,16 @@ async fn mail_dir_mode_writes_eml_files() {
     shutdown.cancel();
     handle.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn smtp_scheme_falls_back_to_plain_when_starttls_is_not_offered() {
+    // `smtp://` uses STARTTLS when the relay offers it; the test relay does not.
+    let app = TestApp::spawn_with(Spawn {
+        smtp_scheme: Some("smtp"),
+        ..Spawn::default()
+    })
+    .await;
+    let (_, key) = app.create_app(&[]).await;
+    let token = app.request_token(&key, "starttls@example.com").await;
+    assert_eq!(app.verify(&key, &token).await.status(), 200);
+}

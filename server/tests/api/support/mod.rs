@@ -53,6 +53,8 @@ pub struct Spawn {
     pub dir: Option<Arc<TempDir>>,
     /// Reuse an SMTP sink (a restart).
     pub smtp: Option<SmtpSink>,
+    /// URL scheme used to reach the sink (`smtp+plain` unless set).
+    pub smtp_scheme: Option<&'static str>,
 }
 
 impl Default for Spawn {
@@ -62,6 +64,7 @@ impl Default for Spawn {
             retry: fast_retry(),
             dir: None,
             smtp: None,
+            smtp_scheme: None,
         }
     }
 }
@@ -88,7 +91,10 @@ impl TestApp {
         };
         let db_url = format!("sqlite://{}", dir.path().join("magicauth.db").display());
         let mail_dir = dir.path().join("mail");
-        let smtp_url = smtp.url();
+        let smtp_url = match options.smtp_scheme {
+            Some(scheme) => format!("{scheme}://127.0.0.1:{}", smtp.port()),
+            None => smtp.url(),
+        };
         let mut args = vec![
             "--database-url",
             &db_url,
