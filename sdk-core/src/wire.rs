@@ -221,10 +221,7 @@ impl ErrorCode {
     /// The HTTP status the contract pairs with this code.
     pub fn http_status(&self) -> u16 {
         match self {
-            ErrorCode::InvalidRequest
-            | ErrorCode::InvalidToken
-            | ErrorCode::TokenUsed
-            | ErrorCode::TokenExpired => 400,
+            ErrorCode::InvalidRequest | ErrorCode::InvalidToken | ErrorCode::TokenUsed | ErrorCode::TokenExpired => 400,
             ErrorCode::InvalidAppKey => 401,
             ErrorCode::AppDisabled | ErrorCode::RedirectNotAllowed => 403,
             ErrorCode::NotFound => 404,
@@ -321,8 +318,7 @@ mod tests {
 
     #[test]
     fn unknown_codes_are_tolerated() {
-        let body: ErrorBody =
-            serde_json::from_str(r#"{"success":false,"error":"x","code":"brand_new"}"#).unwrap();
+        let body: ErrorBody = serde_json::from_str(r#"{"success":false,"error":"x","code":"brand_new"}"#).unwrap();
         assert_eq!(body.code, ErrorCode::Unknown);
     }
 

@@ -92,7 +92,8 @@ fn new_app(create: CreateApp, now: i64) -> anyhow::Result<(AppRecord, AppKey)> {
         bail!("--name must be 1 to 100 characters without control characters");
     }
     // Validated and normalised now, so the server never meets a bad entry.
-    let allow_list = RedirectAllowList::parse_all(&create.redirect_urls).map_err(|e| anyhow::anyhow!("--redirect-url: {e}"))?;
+    let allow_list =
+        RedirectAllowList::parse_all(&create.redirect_urls).map_err(|e| anyhow::anyhow!("--redirect-url: {e}"))?;
     let secs = |d: Option<Duration>, default: Duration| -> anyhow::Result<i64> {
         i64::try_from(d.unwrap_or(default).as_secs()).context("duration too large")
     };
@@ -136,7 +137,8 @@ fn listing(app: &AppRecord) -> AppListing<'_> {
         token_ttl: ttl(app.token_ttl_s),
         session_ttl: ttl(app.session_ttl_s),
         redirect_urls: &app.redirect_urls,
-        created_at: to_datetime(app.created_at - app.created_at.rem_euclid(1000)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        created_at: to_datetime(app.created_at - app.created_at.rem_euclid(1000))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }
 }
 
@@ -156,7 +158,16 @@ fn print_table(out: &mut dyn Write, apps: &[AppListing<'_>]) -> anyhow::Result<(
             ]
         })
         .collect();
-    let header = ["ID", "NAME", "PLAN", "STATUS", "BURST", "MONTHLY", "TTL/SESSION", "REDIRECT URLS"];
+    let header = [
+        "ID",
+        "NAME",
+        "PLAN",
+        "STATUS",
+        "BURST",
+        "MONTHLY",
+        "TTL/SESSION",
+        "REDIRECT URLS",
+    ];
     let mut widths = header.map(|h| h.chars().count());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -181,7 +181,12 @@ impl AuthService {
             })
             .await;
         let rate = match decision {
-            Err(e) => return SendLinkOutcome { result: Err(e.into()), rate: None },
+            Err(e) => {
+                return SendLinkOutcome {
+                    result: Err(e.into()),
+                    rate: None,
+                };
+            }
             Ok(RateDecision::AppLimited(w)) | Ok(RateDecision::EmailLimited(w)) => {
                 return SendLinkOutcome {
                     result: Err(AuthError::RateLimited),
@@ -204,7 +209,10 @@ impl AuthService {
             Err(AuthError::QuotaExceeded) => quota_info(app, now),
             _ => rate,
         };
-        SendLinkOutcome { result, rate: Some(rate) }
+        SendLinkOutcome {
+            result,
+            rate: Some(rate),
+        }
     }
 
     async fn issue_link(

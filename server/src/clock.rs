@@ -51,7 +51,11 @@ pub fn month_of(ms: Millis) -> String {
 /// Milliseconds from `ms` to the start of the next UTC month.
 pub fn ms_until_next_month(ms: Millis) -> i64 {
     let t = to_datetime(ms);
-    let (y, m) = if t.month() == 12 { (t.year() + 1, 1) } else { (t.year(), t.month() + 1) };
+    let (y, m) = if t.month() == 12 {
+        (t.year() + 1, 1)
+    } else {
+        (t.year(), t.month() + 1)
+    };
     Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
         .single()
         .map_or(0, |next| next.timestamp_millis() - ms)
@@ -63,7 +67,10 @@ mod tests {
 
     #[test]
     fn months_roll_over_in_utc() {
-        let dec31 = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 0).unwrap().timestamp_millis();
+        let dec31 = Utc
+            .with_ymd_and_hms(2026, 12, 31, 23, 59, 0)
+            .unwrap()
+            .timestamp_millis();
         assert_eq!(month_of(dec31), "2026-12");
         assert_eq!(ms_until_next_month(dec31), 60_000);
         assert_eq!(month_of(dec31 + 60_000), "2027-01");

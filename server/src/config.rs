@@ -30,7 +30,13 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Database: `sqlite://PATH` (created if missing).
-    #[arg(long, env = "MAGICAUTH_DATABASE_URL", default_value = "sqlite://magicauth.db", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MAGICAUTH_DATABASE_URL",
+        default_value = "sqlite://magicauth.db",
+        global = true,
+        hide_env_values = true
+    )]
     pub database_url: String,
 
     /// Address to bind.
@@ -51,7 +57,12 @@ pub struct Config {
     pub mail_dir: PathBuf,
 
     /// Sender of the emails.
-    #[arg(long, env = "MAGICAUTH_MAIL_FROM", default_value = "MagicAuth <no-reply@localhost>", global = true)]
+    #[arg(
+        long,
+        env = "MAGICAUTH_MAIL_FROM",
+        default_value = "MagicAuth <no-reply@localhost>",
+        global = true
+    )]
     pub mail_from: String,
 
     /// Footer text added to emails of free-plan apps.

@@ -74,10 +74,30 @@ impl Metrics {
             let _ = writeln!(out, "magicauth_verifications_total{{outcome=\"{outcome}\"}} {n}");
         }
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        counter(&mut out, "magicauth_links_sent_total", "Magic links created and queued for delivery.", load(&self.links_sent));
-        counter(&mut out, "magicauth_mail_attempts_total", "Email delivery attempts.", load(&self.mail_attempts));
-        counter(&mut out, "magicauth_mail_failures_total", "Failed email delivery attempts.", load(&self.mail_failures));
-        counter(&mut out, "magicauth_mail_delivered_total", "Emails delivered.", load(&self.mail_delivered));
+        counter(
+            &mut out,
+            "magicauth_links_sent_total",
+            "Magic links created and queued for delivery.",
+            load(&self.links_sent),
+        );
+        counter(
+            &mut out,
+            "magicauth_mail_attempts_total",
+            "Email delivery attempts.",
+            load(&self.mail_attempts),
+        );
+        counter(
+            &mut out,
+            "magicauth_mail_failures_total",
+            "Failed email delivery attempts.",
+            load(&self.mail_failures),
+        );
+        counter(
+            &mut out,
+            "magicauth_mail_delivered_total",
+            "Emails delivered.",
+            load(&self.mail_delivered),
+        );
         counter(
             &mut out,
             "magicauth_mail_given_up_total",

@@ -27,7 +27,9 @@ pub struct SessionSigner {
 
 impl std::fmt::Debug for SessionSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionSigner").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("SessionSigner")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 

@@ -78,11 +78,7 @@ pub fn format_duration(d: Duration) -> String {
     if secs.is_multiple_of(DAY) && secs >= 2 * DAY {
         return format!("{}d", secs / DAY);
     }
-    let parts = [
-        (secs / HOUR, 'h'),
-        (secs % HOUR / MINUTE, 'm'),
-        (secs % MINUTE, 's'),
-    ];
+    let parts = [(secs / HOUR, 'h'), (secs % HOUR / MINUTE, 'm'), (secs % MINUTE, 's')];
     parts
         .iter()
         .filter(|&&(n, _)| n > 0)
@@ -141,9 +137,8 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         for s in [
-            "", "   ", "abc", "m", "15x", "15 m", "1h 30m", "15M", "1H", "1.5h", "-5s", "+5s",
-            "+5", "-5", "5ms", "1w", "1y", "h1", "1h30", "30m1h", "1h1h", "1s1m", "1hm", "15m!",
-            "٣s", "1h\n30m",
+            "", "   ", "abc", "m", "15x", "15 m", "1h 30m", "15M", "1H", "1.5h", "-5s", "+5s", "+5", "-5", "5ms", "1w",
+            "1y", "h1", "1h30", "30m1h", "1h1h", "1s1m", "1hm", "15m!", "٣s", "1h\n30m",
         ] {
             let e = err(s);
             assert!(e.starts_with(&format!("invalid duration `{s}`: ")), "{e}");
@@ -152,19 +147,13 @@ mod tests {
 
     #[test]
     fn error_text_shows_input_and_examples() {
-        assert_eq!(
-            err("abc"),
-            "invalid duration `abc`: expected e.g. 90s, 15m, 24h"
-        );
+        assert_eq!(err("abc"), "invalid duration `abc`: expected e.g. 90s, 15m, 24h");
     }
 
     #[test]
     fn rejects_zero() {
         for s in ["0", "0s", "0m", "0h0m0s", "000"] {
-            assert_eq!(
-                err(s),
-                format!("invalid duration `{s}`: must be greater than zero")
-            );
+            assert_eq!(err(s), format!("invalid duration `{s}`: must be greater than zero"));
         }
     }
 

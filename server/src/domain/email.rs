@@ -294,12 +294,7 @@ mod tests {
     #[test]
     fn total_length_limit() {
         // 64 + 1 + 189 = 254
-        let domain = format!(
-            "{}.{}.{}.com",
-            "d".repeat(63),
-            "e".repeat(63),
-            "f".repeat(57)
-        );
+        let domain = format!("{}.{}.{}.com", "d".repeat(63), "e".repeat(63), "f".repeat(57));
         let at_limit = format!("{}@{domain}", "a".repeat(64));
         assert_eq!(at_limit.len(), 254);
         ok(&at_limit);

@@ -135,9 +135,7 @@ fn path_within(allowed: &str, candidate: &str) -> bool {
     } else if candidate == allowed {
         Some("")
     } else {
-        candidate
-            .strip_prefix(allowed)
-            .filter(|rest| rest.starts_with('/'))
+        candidate.strip_prefix(allowed).filter(|rest| rest.starts_with('/'))
     };
     let Some(rest) = rest else {
         return false;
@@ -232,8 +230,7 @@ mod tests {
     }
     const T: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
-    const SCHEME_ERR: &str =
-        "redirect_url: must be an absolute https URL (http is allowed only for localhost)";
+    const SCHEME_ERR: &str = "redirect_url: must be an absolute https URL (http is allowed only for localhost)";
 
     // ---- parse ----
 
@@ -241,42 +238,24 @@ mod tests {
     fn accepts_https() {
         assert_eq!(url("https://a.com/app").as_str(), "https://a.com/app");
         assert_eq!(url("https://a.com").as_str(), "https://a.com/");
-        assert_eq!(
-            url("https://a.com:8443/cb?x=1").as_str(),
-            "https://a.com:8443/cb?x=1"
-        );
+        assert_eq!(url("https://a.com:8443/cb?x=1").as_str(), "https://a.com:8443/cb?x=1");
         assert_eq!(url("https://1.2.3.4/").as_str(), "https://1.2.3.4/");
     }
 
     #[test]
     fn trims_and_normalises() {
-        assert_eq!(
-            url("  https://A.COM:443/x/./y/../z \n").as_str(),
-            "https://a.com/x/z"
-        );
+        assert_eq!(url("  https://A.COM:443/x/./y/../z \n").as_str(), "https://a.com/x/z");
         assert_eq!(url("HTTPS://a.com").as_str(), "https://a.com/");
-        assert_eq!(
-            url("https://bücher.de/").as_str(),
-            "https://xn--bcher-kva.de/"
-        );
+        assert_eq!(url("https://bücher.de/").as_str(), "https://xn--bcher-kva.de/");
     }
 
     #[test]
     fn http_only_for_loopback() {
         assert_eq!(url("http://localhost/cb").as_str(), "http://localhost/cb");
-        assert_eq!(
-            url("http://LOCALHOST:8080/cb").as_str(),
-            "http://localhost:8080/cb"
-        );
-        assert_eq!(
-            url("http://127.0.0.1:3000").as_str(),
-            "http://127.0.0.1:3000/"
-        );
+        assert_eq!(url("http://LOCALHOST:8080/cb").as_str(), "http://localhost:8080/cb");
+        assert_eq!(url("http://127.0.0.1:3000").as_str(), "http://127.0.0.1:3000/");
         assert_eq!(url("http://[::1]/").as_str(), "http://[::1]/");
-        assert_eq!(
-            url("http://[0:0::1]:9000/x").as_str(),
-            "http://[::1]:9000/x"
-        );
+        assert_eq!(url("http://[0:0::1]:9000/x").as_str(), "http://[::1]:9000/x");
 
         for raw in [
             "http://example.com/",
@@ -383,10 +362,7 @@ mod tests {
         let ok = format!("{base}{}", "a".repeat(2048 - base.len()));
         assert_eq!(url(&ok).as_str().len(), 2048);
         let too_long = format!("{ok}a");
-        assert_eq!(
-            err(&too_long),
-            "redirect_url: must be at most 2048 characters"
-        );
+        assert_eq!(err(&too_long), "redirect_url: must be at most 2048 characters");
         // Within the limit as typed, but over it once percent-encoded.
         let grows = format!("{base}{}x", " ".repeat(1000));
         assert_eq!(err(&grows), "redirect_url: must be at most 2048 characters");
@@ -429,10 +405,7 @@ mod tests {
     #[test]
     fn root_entry_allows_whole_origin() {
         assert!(allowed("https://a.com", "https://a.com/"));
-        assert!(allowed(
-            "https://a.com/",
-            "https://a.com/anything/at/all?x=1"
-        ));
+        assert!(allowed("https://a.com/", "https://a.com/anything/at/all?x=1"));
         assert!(allowed("https://a.com/", "https://a.com/a%2Fb"));
         assert!(!allowed("https://a.com/", "https://b.com/"));
     }
@@ -464,14 +437,8 @@ mod tests {
         assert!(allowed("https://a.com:443/app", "https://a.com/app"));
         assert!(!allowed("https://a.com/app", "https://a.com:8443/app"));
         assert!(!allowed("https://a.com:8443/app", "https://a.com/app"));
-        assert!(allowed(
-            "http://localhost:3000/",
-            "http://localhost:3000/cb"
-        ));
-        assert!(!allowed(
-            "http://localhost:3000/",
-            "http://localhost:3001/cb"
-        ));
+        assert!(allowed("http://localhost:3000/", "http://localhost:3000/cb"));
+        assert!(!allowed("http://localhost:3000/", "http://localhost:3001/cb"));
         assert!(!allowed("http://localhost:3000/", "http://localhost/cb"));
         assert!(allowed("http://localhost/", "http://localhost:80/cb"));
     }
@@ -481,49 +448,31 @@ mod tests {
         assert!(!allowed("https://localhost/", "http://localhost/"));
         assert!(!allowed("http://localhost/", "https://localhost/"));
         // Even with explicit ports that make the numbers line up.
-        assert!(!allowed(
-            "https://localhost:8080/",
-            "http://localhost:8080/"
-        ));
+        assert!(!allowed("https://localhost:8080/", "http://localhost:8080/"));
     }
 
     #[test]
     fn loopback_hosts_are_distinct() {
         assert!(!allowed("http://localhost/", "http://127.0.0.1/"));
         assert!(!allowed("http://127.0.0.1/", "http://[::1]/"));
-        assert!(allowed(
-            "http://127.0.0.1:3000/app",
-            "http://127.0.0.1:3000/app/cb"
-        ));
+        assert!(allowed("http://127.0.0.1:3000/app", "http://127.0.0.1:3000/app/cb"));
         assert!(allowed("http://[::1]/app", "http://[0::1]/app"));
     }
 
     #[test]
     fn query_is_allowed_and_entry_query_ignored() {
-        assert!(allowed(
-            "https://a.com/app",
-            "https://a.com/app?next=/admin"
-        ));
+        assert!(allowed("https://a.com/app", "https://a.com/app?next=/admin"));
         assert!(allowed("https://a.com/app", "https://a.com/app/cb?x=1&y=2"));
         assert!(allowed("https://a.com/app?foo=bar", "https://a.com/app/cb"));
-        assert!(allowed(
-            "https://a.com/app?foo=bar",
-            "https://a.com/app?other=1"
-        ));
+        assert!(allowed("https://a.com/app?foo=bar", "https://a.com/app?other=1"));
         assert!(!allowed("https://a.com/app", "https://a.com/apple?x=/app"));
     }
 
     #[test]
     fn dot_segments_are_resolved_before_matching() {
         assert!(!allowed("https://a.com/app", "https://a.com/app/../admin"));
-        assert!(!allowed(
-            "https://a.com/app",
-            "https://a.com/app/./../admin"
-        ));
-        assert!(allowed(
-            "https://a.com/app",
-            "https://a.com/other/../app/cb"
-        ));
+        assert!(!allowed("https://a.com/app", "https://a.com/app/./../admin"));
+        assert!(allowed("https://a.com/app", "https://a.com/other/../app/cb"));
         assert!(allowed("https://a.com/app", "https://a.com/app/./cb"));
         assert!(!allowed("https://a.com/app/", "https://a.com/app/.."));
         // The entry itself is normalised too.
@@ -532,51 +481,21 @@ mod tests {
 
     #[test]
     fn percent_encoded_dot_segments() {
-        assert_eq!(
-            url("https://a.com/app/%2e%2e/admin").as_str(),
-            "https://a.com/admin"
-        );
-        assert!(!allowed(
-            "https://a.com/app",
-            "https://a.com/app/%2e%2e/admin"
-        ));
-        assert!(!allowed(
-            "https://a.com/app",
-            "https://a.com/app/%2E%2E/admin"
-        ));
-        assert!(!allowed(
-            "https://a.com/app",
-            "https://a.com/app/.%2e/admin"
-        ));
-        assert!(!allowed(
-            "https://a.com/app",
-            "https://a.com/app/%2e./admin"
-        ));
-        assert!(allowed(
-            "https://a.com/app",
-            "https://a.com/x/%2e%2e/app/cb"
-        ));
+        assert_eq!(url("https://a.com/app/%2e%2e/admin").as_str(), "https://a.com/admin");
+        assert!(!allowed("https://a.com/app", "https://a.com/app/%2e%2e/admin"));
+        assert!(!allowed("https://a.com/app", "https://a.com/app/%2E%2E/admin"));
+        assert!(!allowed("https://a.com/app", "https://a.com/app/.%2e/admin"));
+        assert!(!allowed("https://a.com/app", "https://a.com/app/%2e./admin"));
+        assert!(allowed("https://a.com/app", "https://a.com/x/%2e%2e/app/cb"));
         assert!(allowed("https://a.com/app", "https://a.com/app/%2e/cb"));
     }
 
     #[test]
     fn encoded_separators_below_a_prefix_are_refused() {
-        assert!(!allowed(
-            "https://a.com/app/",
-            "https://a.com/app/..%2fadmin"
-        ));
-        assert!(!allowed(
-            "https://a.com/app/",
-            "https://a.com/app/..%2Fadmin"
-        ));
-        assert!(!allowed(
-            "https://a.com/app",
-            "https://a.com/app/..%5cadmin"
-        ));
-        assert!(!allowed(
-            "https://a.com/app",
-            "https://a.com/app%2f..%2fadmin"
-        ));
+        assert!(!allowed("https://a.com/app/", "https://a.com/app/..%2fadmin"));
+        assert!(!allowed("https://a.com/app/", "https://a.com/app/..%2Fadmin"));
+        assert!(!allowed("https://a.com/app", "https://a.com/app/..%5cadmin"));
+        assert!(!allowed("https://a.com/app", "https://a.com/app%2f..%2fadmin"));
         // An encoded slash that is part of the entry itself is fine.
         assert!(allowed("https://a.com/a%2Fb", "https://a.com/a%2Fb/cb"));
     }
@@ -596,22 +515,15 @@ mod tests {
         let u = url("https://evil.com\\@a.com/app");
         assert_eq!(u.0.host_str(), Some("evil.com"));
         assert!(!allowed("https://a.com/", "https://evil.com\\@a.com/app"));
-        assert!(!allowed(
-            "https://a.com/app",
-            "https://evil.com\\@a.com/app"
-        ));
+        assert!(!allowed("https://a.com/app", "https://evil.com\\@a.com/app"));
 
         assert!(allowed("https://a.com/app", "https:\\\\a.com\\app\\cb"));
-        assert!(!allowed(
-            "https://a.com/app",
-            "https://a.com\\app\\..\\admin"
-        ));
+        assert!(!allowed("https://a.com/app", "https://a.com\\app\\..\\admin"));
     }
 
     #[test]
     fn allow_list_checks_every_entry() {
-        let list = RedirectAllowList::parse_all(&["https://a.com/app", "http://localhost:3000/"])
-            .expect("valid list");
+        let list = RedirectAllowList::parse_all(&["https://a.com/app", "http://localhost:3000/"]).expect("valid list");
         assert!(list.allows(&url("https://a.com/app/cb")));
         assert!(list.allows(&url("http://localhost:3000/anything")));
         assert!(!list.allows(&url("https://a.com/admin")));
@@ -625,10 +537,7 @@ mod tests {
         let e = RedirectAllowList::new(vec![]).unwrap_err();
         assert_eq!(e.field, "redirect_url");
         assert!(e.message.starts_with("redirect_url: "));
-        assert!(
-            e.message
-                .contains("at least one allowed redirect URL is required")
-        );
+        assert!(e.message.contains("at least one allowed redirect URL is required"));
         let empty: [&str; 0] = [];
         assert_eq!(RedirectAllowList::parse_all(&empty).unwrap_err(), e);
     }
@@ -674,8 +583,7 @@ mod tests {
             format!("https://a.com/cb?magic_token={T}")
         );
         assert_eq!(
-            url("https://a.com/cb?magic_token=old1&x=1&magic_token=old2&y=2&magic_token")
-                .with_token(&token()),
+            url("https://a.com/cb?magic_token=old1&x=1&magic_token=old2&y=2&magic_token").with_token(&token()),
             format!("https://a.com/cb?x=1&y=2&magic_token={T}")
         );
         // Encoded spellings of the key are what the app would decode to.

@@ -43,9 +43,7 @@ impl MagicToken {
     /// (the last character must be canonical, so each token has one spelling).
     pub fn parse(raw: &str) -> Option<Self> {
         let well_formed = raw.len() == TOKEN_LEN
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && URL_SAFE_NO_PAD
                 .decode(raw)
                 .is_ok_and(|bytes| bytes.len() == TOKEN_BYTES);
@@ -84,9 +82,7 @@ impl AppKey {
     /// Accepts only a correctly formatted key whose checksum matches.
     pub fn parse(raw: &str) -> Option<Self> {
         let rest = raw.strip_prefix(APP_KEY_PREFIX)?;
-        if rest.len() != APP_KEY_BODY_LEN + APP_KEY_CHECKSUM_LEN
-            || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
+        if rest.len() != APP_KEY_BODY_LEN + APP_KEY_CHECKSUM_LEN || !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return None;
         }
         // All ASCII, so this splits on a character boundary.
@@ -194,8 +190,7 @@ mod tests {
     }
 
     fn is_urlsafe(s: &str) -> bool {
-        s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     }
 
     // ---- MagicToken ----
@@ -212,9 +207,7 @@ mod tests {
 
     #[test]
     fn token_generate_is_unique() {
-        let set: HashSet<String> = (0..1000)
-            .map(|_| MagicToken::generate().expose().to_owned())
-            .collect();
+        let set: HashSet<String> = (0..1000).map(|_| MagicToken::generate().expose().to_owned()).collect();
         assert_eq!(set.len(), 1000);
     }
 
@@ -241,14 +234,8 @@ mod tests {
         assert!(MagicToken::parse(&format!("{base}A")).is_some());
         for bad in ['+', '/', '=', ' ', '.', '\n', 'é'] {
             // Bad character at the end and at the start.
-            assert!(
-                MagicToken::parse(&format!("{base}{bad}")).is_none(),
-                "{bad:?}"
-            );
-            assert!(
-                MagicToken::parse(&format!("{bad}{base}")).is_none(),
-                "{bad:?}"
-            );
+            assert!(MagicToken::parse(&format!("{base}{bad}")).is_none(), "{bad:?}");
+            assert!(MagicToken::parse(&format!("{bad}{base}")).is_none(), "{bad:?}");
         }
         // Standard base64 spelling of a token is not accepted.
         assert!(MagicToken::parse("++++++++++++++++++++++++++++++++++++++++++A").is_none());
@@ -307,9 +294,7 @@ mod tests {
 
     #[test]
     fn app_key_generate_is_unique() {
-        let set: HashSet<String> = (0..1000)
-            .map(|_| AppKey::generate().expose().to_owned())
-            .collect();
+        let set: HashSet<String> = (0..1000).map(|_| AppKey::generate().expose().to_owned()).collect();
         assert_eq!(set.len(), 1000);
     }
 
@@ -317,10 +302,7 @@ mod tests {
     fn app_key_checksum_known_values() {
         // Computed independently (Python: zlib.crc32, base62 0-9A-Za-z).
         assert_eq!(app_key_checksum(&"0".repeat(32)), "2wjyrI");
-        assert_eq!(
-            app_key_checksum("abcdefghijklmnopqrstuvwxyz012345"),
-            "1nc0VA"
-        );
+        assert_eq!(app_key_checksum("abcdefghijklmnopqrstuvwxyz012345"), "1nc0VA");
         assert!(AppKey::parse("mk_000000000000000000000000000000002wjyrI").is_some());
         assert!(AppKey::parse("mk_abcdefghijklmnopqrstuvwxyz0123451nc0VA").is_some());
         // Small CRCs are left-padded with '0'.
@@ -449,17 +431,10 @@ mod tests {
             counts[i] += 1;
         }
         for (i, &c) in counts.iter().enumerate() {
-            assert!(
-                (800..1200).contains(&c),
-                "symbol {} seen {c} times",
-                BASE62[i] as char
-            );
+            assert!((800..1200).contains(&c), "symbol {} seen {c} times", BASE62[i] as char);
         }
         let first8: u32 = counts[..8].iter().sum();
-        assert!(
-            first8 < 8 * 1100,
-            "first 8 symbols over-represented: {first8}"
-        );
+        assert!(first8 < 8 * 1100, "first 8 symbols over-represented: {first8}");
     }
 
     #[test]

@@ -7,7 +7,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use magicauth::wire::{ErrorBody, ErrorCode, SendLinkRequest, SendLinkResponse, VerifyTokenRequest, VerifyTokenResponse};
+use magicauth::wire::{
+    ErrorBody, ErrorCode, SendLinkRequest, SendLinkResponse, VerifyTokenRequest, VerifyTokenResponse,
+};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -166,10 +168,12 @@ fn json_object(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Resu
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::invalid_request("Request body must be a JSON object")),
-        Err(e) if e.is_eof() && body.iter().all(u8::is_ascii_whitespace) => {
-            Err(ApiError::invalid_request("Request body is empty; expected a JSON object"))
-        }
-        Err(e) => Err(ApiError::invalid_request(format!("Request body is not valid JSON: {e}"))),
+        Err(e) if e.is_eof() && body.iter().all(u8::is_ascii_whitespace) => Err(ApiError::invalid_request(
+            "Request body is empty; expected a JSON object",
+        )),
+        Err(e) => Err(ApiError::invalid_request(format!(
+            "Request body is not valid JSON: {e}"
+        ))),
     }
 }
 

@@ -66,4 +66,3 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     );
     response
 }
-

@@ -1,7 +1,9 @@
 //! `GET /api/openapi.json`, generated from the wire types and handlers.
 
 use axum::Json;
-use magicauth::wire::{ErrorBody, ErrorCode, Jwk, JwkSet, SendLinkRequest, SendLinkResponse, User, VerifyTokenRequest, VerifyTokenResponse};
+use magicauth::wire::{
+    ErrorBody, ErrorCode, Jwk, JwkSet, SendLinkRequest, SendLinkResponse, User, VerifyTokenRequest, VerifyTokenResponse,
+};
 use utoipa::OpenApi;
 
 use super::{api, operator};

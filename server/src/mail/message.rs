@@ -12,7 +12,12 @@ pub struct SignInEmail {
 
 /// Renders the email for `link`. `sponsor_footer` is added for free-plan apps only
 /// (the caller decides).
-pub fn render_sign_in_email(app_name: &str, link: &str, lifetime: Duration, sponsor_footer: Option<&str>) -> SignInEmail {
+pub fn render_sign_in_email(
+    app_name: &str,
+    link: &str,
+    lifetime: Duration,
+    sponsor_footer: Option<&str>,
+) -> SignInEmail {
     let lifetime = human_duration(lifetime);
     let subject = format!("Your sign-in link for {app_name}");
     let mut text_body = format!(
@@ -63,7 +68,11 @@ pub fn human_duration(d: Duration) -> String {
     if secs < 120 && parts.len() > 1 {
         return format!("{secs} seconds");
     }
-    if parts.is_empty() { "0 seconds".to_string() } else { parts.join(" ") }
+    if parts.is_empty() {
+        "0 seconds".to_string()
+    } else {
+        parts.join(" ")
+    }
 }
 
 fn escape_html(s: &str) -> String {
@@ -99,7 +108,12 @@ mod tests {
 
     #[test]
     fn footer_only_when_given() {
-        let with = render_sign_in_email("A", "https://a.com", Duration::from_secs(60), Some("Sent by <b>Sponsor</b>"));
+        let with = render_sign_in_email(
+            "A",
+            "https://a.com",
+            Duration::from_secs(60),
+            Some("Sent by <b>Sponsor</b>"),
+        );
         assert!(with.text_body.contains("Sent by <b>Sponsor</b>"));
         assert!(with.html_body.contains("Sent by &lt;b&gt;Sponsor&lt;/b&gt;"));
         let without = render_sign_in_email("A", "https://a.com", Duration::from_secs(60), None);

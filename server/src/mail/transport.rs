@@ -117,7 +117,10 @@ pub struct DeliveryError {
 
 /// Where emails go.
 pub enum MailTransport {
-    Smtp { url: SmtpUrl, transport: AsyncSmtpTransport<Tokio1Executor> },
+    Smtp {
+        url: SmtpUrl,
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+    },
     Directory(PathBuf),
 }
 
@@ -140,12 +143,16 @@ impl MailTransport {
     /// it is stable per outbox row, so a repeated delivery overwrites rather than duplicates.
     pub async fn deliver(&self, message: &Message, file_stem: &str) -> Result<(), DeliveryError> {
         match self {
-            MailTransport::Smtp { transport, .. } => transport.send(message.clone()).await.map(|_| ()).map_err(|e| {
-                DeliveryError {
-                    permanent: e.is_permanent(),
-                    message: format!("SMTP: {e}"),
-                }
-            }),
+            MailTransport::Smtp { transport, .. } => {
+                transport
+                    .send(message.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| DeliveryError {
+                        permanent: e.is_permanent(),
+                        message: format!("SMTP: {e}"),
+                    })
+            }
             MailTransport::Directory(dir) => {
                 let transient = |e: std::io::Error| DeliveryError {
                     permanent: false,
@@ -199,7 +206,11 @@ mod tests {
 
     #[tokio::test]
     async fn every_scheme_builds_a_transport() {
-        for url in ["smtp://u:p@mail.example.com", "smtps://mail.example.com", "smtp+plain://[::1]:2525"] {
+        for url in [
+            "smtp://u:p@mail.example.com",
+            "smtps://mail.example.com",
+            "smtp+plain://[::1]:2525",
+        ] {
             assert!(url.parse::<SmtpUrl>().unwrap().transport().is_ok(), "{url}");
         }
     }

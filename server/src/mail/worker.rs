@@ -46,7 +46,10 @@ impl RetryPolicy {
     /// queued message at the same instant.
     pub fn backoff(&self, attempts: i64) -> Duration {
         let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-        let base = self.first_delay.saturating_mul(2u32.saturating_pow(exp)).min(self.max_delay);
+        let base = self
+            .first_delay
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(self.max_delay);
         let mut byte = [0u8; 1];
         let _ = getrandom::fill(&mut byte);
         // Between 75% and 100% of the base delay.
@@ -92,7 +95,11 @@ impl OutboxWorker {
             // Hand back what this worker claimed but will not send, so it goes out
             // at once after a restart instead of waiting for the lease to lapse.
             for mail in pending {
-                if let Err(error) = self.store.outbox_retry(mail.id, self.clock.now_ms(), "released at shutdown").await {
+                if let Err(error) = self
+                    .store
+                    .outbox_retry(mail.id, self.clock.now_ms(), "released at shutdown")
+                    .await
+                {
                     tracing::warn!(%error, id = mail.id, "could not release an outbox row");
                 }
             }
@@ -111,7 +118,11 @@ impl OutboxWorker {
     async fn deliver(&self, mail: OutboxMail) {
         self.metrics.mail_attempt();
         let result = match self.build_message(&mail) {
-            Ok(message) => self.transport.deliver(&message, &format!("{}-{}", mail.created_at, mail.id)).await,
+            Ok(message) => {
+                self.transport
+                    .deliver(&message, &format!("{}-{}", mail.created_at, mail.id))
+                    .await
+            }
             Err(error) => Err(error),
         };
         let now = self.clock.now_ms();
@@ -163,7 +174,10 @@ impl OutboxWorker {
             .to(to)
             .subject(mail.subject.clone())
             .message_id(Some(mail.message_id.clone()))
-            .multipart(MultiPart::alternative_plain_html(mail.text_body.clone(), mail.html_body.clone()))
+            .multipart(MultiPart::alternative_plain_html(
+                mail.text_body.clone(),
+                mail.html_body.clone(),
+            ))
             .map_err(|e| permanent(format!("could not build the message: {e}")))
     }
 }
@@ -176,7 +190,10 @@ mod tests {
     fn backoff_doubles_and_caps() {
         let p = RetryPolicy::default();
         let b1 = p.backoff(1);
-        assert!(b1 >= Duration::from_millis(750) && b1 <= Duration::from_secs(1), "{b1:?}");
+        assert!(
+            b1 >= Duration::from_millis(750) && b1 <= Duration::from_secs(1),
+            "{b1:?}"
+        );
         let b3 = p.backoff(3);
         assert!(b3 >= Duration::from_secs(3) && b3 <= Duration::from_secs(4), "{b3:?}");
         for attempts in [7, 20, 1000] {

@@ -153,7 +153,9 @@ impl std::fmt::Debug for NewMail {
 /// Result of storing a link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CreateLinkOutcome {
-    Created { outbox_id: i64 },
+    Created {
+        outbox_id: i64,
+    },
     /// The monthly quota was used up by a concurrent request.
     QuotaExceeded,
 }
@@ -171,7 +173,10 @@ pub struct UserRecord {
 /// Result of consuming a token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConsumeOutcome {
-    Consumed { user: UserRecord, redirect_url: String },
+    Consumed {
+        user: UserRecord,
+        redirect_url: String,
+    },
     /// Unknown token, or issued for another app (which then stays unused).
     Invalid,
     Used,

@@ -57,8 +57,7 @@ fn app_from_row(row: &SqliteRow) -> StoreResult<AppRecord> {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         plan: Plan::parse(&plan).ok_or_else(|| StoreError::Corrupt(format!("plan {plan:?}")))?,
-        burst: u32::try_from(row.try_get::<i64, _>("burst")?)
-            .map_err(|_| StoreError::Corrupt("burst".into()))?,
+        burst: u32::try_from(row.try_get::<i64, _>("burst")?).map_err(|_| StoreError::Corrupt("burst".into()))?,
         monthly_limit: row
             .try_get::<Option<i64>, _>("monthly_limit")?
             .map(|v| u32::try_from(v).map_err(|_| StoreError::Corrupt("monthly_limit".into())))
@@ -196,11 +195,12 @@ impl Store for SqliteStore {
             return Ok(RateDecision::EmailLimited(email));
         }
         if let Some(limit) = q.monthly_limit {
-            let used: Option<i64> = sqlx::query_scalar("SELECT links FROM monthly_usage WHERE app_id = ?1 AND month = ?2")
-                .bind(q.app_id)
-                .bind(q.month)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let used: Option<i64> =
+                sqlx::query_scalar("SELECT links FROM monthly_usage WHERE app_id = ?1 AND month = ?2")
+                    .bind(q.app_id)
+                    .bind(q.month)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if used.unwrap_or(0) >= i64::from(limit) {
                 return Ok(RateDecision::QuotaExceeded);
             }
@@ -406,9 +406,10 @@ impl Store for SqliteStore {
         .bind(candidate.created_at)
         .execute(&self.pool)
         .await?;
-        let row = sqlx::query("SELECT kid, private_key, public_key, created_at FROM signing_keys WHERE slot = 'current'")
-            .fetch_one(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT kid, private_key, public_key, created_at FROM signing_keys WHERE slot = 'current'")
+                .fetch_one(&self.pool)
+                .await?;
         Ok(SigningKeyRecord {
             kid: row.try_get("kid")?,
             private_pkcs8: row.try_get("private_key")?,
@@ -497,8 +498,14 @@ impl Store for SqliteStore {
     async fn purge(&self, r: &Retention) -> StoreResult<()> {
         let statements: [(&'static str, i64); 4] = [
             ("DELETE FROM rate_hits WHERE at <= ?1", r.now - r.rate_hits_ms),
-            ("DELETE FROM idempotency_keys WHERE created_at <= ?1", r.now - r.idempotency_ms),
-            ("DELETE FROM magic_links WHERE expires_at <= ?1", r.now - r.links_after_expiry_ms),
+            (
+                "DELETE FROM idempotency_keys WHERE created_at <= ?1",
+                r.now - r.idempotency_ms,
+            ),
+            (
+                "DELETE FROM magic_links WHERE expires_at <= ?1",
+                r.now - r.links_after_expiry_ms,
+            ),
             (
                 "DELETE FROM outbox WHERE (sent_at IS NOT NULL AND sent_at <= ?1) OR (failed_at IS NOT NULL AND failed_at <= ?1)",
                 r.now - r.outbox_done_ms,

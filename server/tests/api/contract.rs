@@ -12,7 +12,12 @@ use crate::support::{TestApp, assert_error, json_of, token_of};
 
 const CALLBACK: &str = "https://app.example.com/auth/callback";
 
-async fn raw_post(app: &TestApp, path: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> reqwest::Response {
+async fn raw_post(
+    app: &TestApp,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
     let mut request = app.http.post(format!("{}{path}", app.base)).body(body);
     if let Some(ct) = content_type {
         request = request.header("content-type", ct);
@@ -95,10 +100,16 @@ async fn check_jwt(app: &TestApp, jwt: &str) -> Value {
         .iter()
         .find(|k| k["kid"] == header["kid"])
         .expect("kid in JWKS");
-    assert_eq!((key["kty"].as_str(), key["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
+    assert_eq!(
+        (key["kty"].as_str(), key["crv"].as_str()),
+        (Some("OKP"), Some("Ed25519"))
+    );
     let public = B64.decode(key["x"].as_str().unwrap()).unwrap();
     UnparsedPublicKey::new(&ED25519, &public)
-        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &B64.decode(parts[2]).unwrap())
+        .verify(
+            format!("{}.{}", parts[0], parts[1]).as_bytes(),
+            &B64.decode(parts[2]).unwrap(),
+        )
         .expect("valid signature");
     serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap()
 }
@@ -114,18 +125,31 @@ async fn malformed_bodies_are_invalid_request() {
         }
         // Wrong or missing content type.
         let valid = json!({"email": "a@b.co", "token": "x", "app_key": key}).to_string();
-        assert_error(raw_post(&app, path, Some("text/plain"), valid.clone()).await, 400, "invalid_request").await;
+        assert_error(
+            raw_post(&app, path, Some("text/plain"), valid.clone()).await,
+            400,
+            "invalid_request",
+        )
+        .await;
         assert_error(raw_post(&app, path, None, valid.clone()).await, 400, "invalid_request").await;
         // The JSON charset parameter is fine.
         let (_, body) = json_of(raw_post(&app, path, Some("application/json; charset=utf-8"), valid).await).await;
-        assert_ne!(body["code"], json!("invalid_request"), "charset parameter accepted on {path}");
+        assert_ne!(
+            body["code"],
+            json!("invalid_request"),
+            "charset parameter accepted on {path}"
+        );
     }
     // Missing and mistyped fields are named.
     let cases = [
         ("/api/send-link", json!({"app_key": key}), "email"),
         ("/api/send-link", json!({"email": "a@b.co"}), "app_key"),
         ("/api/send-link", json!({"email": 5, "app_key": key}), "email"),
-        ("/api/send-link", json!({"email": "a@b.co", "app_key": key, "redirect_url": 3}), "redirect_url"),
+        (
+            "/api/send-link",
+            json!({"email": "a@b.co", "app_key": key, "redirect_url": 3}),
+            "redirect_url",
+        ),
         ("/api/send-link", json!({"email": null, "app_key": key}), "email"),
         ("/api/verify-token", json!({"app_key": key}), "token"),
         ("/api/verify-token", json!({"token": ["x"], "app_key": key}), "token"),
@@ -180,13 +204,20 @@ async fn bad_email_and_url_are_invalid_request() {
 async fn app_key_errors() {
     let app = TestApp::spawn().await;
     let (app_id, key) = app.create_app(&[]).await;
-    for bad in ["", "mk_", "nope", "mk_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", &format!("{key}x")] {
+    for bad in [
+        "",
+        "mk_",
+        "nope",
+        "mk_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        &format!("{key}x"),
+    ] {
         let message = assert_error(app.send_link(bad, "a@example.com", None).await, 401, "invalid_app_key").await;
         assert_eq!(message, "Invalid app_key");
         assert_error(app.verify(bad, "token").await, 401, "invalid_app_key").await;
     }
     // Rotated away.
-    let rotated: Value = serde_json::from_str(app.cli(&["rotate-key", &app_id, "--json"]).await.unwrap().trim()).unwrap();
+    let rotated: Value =
+        serde_json::from_str(app.cli(&["rotate-key", &app_id, "--json"]).await.unwrap().trim()).unwrap();
     assert_error(app.send_link(&key, "a@example.com", None).await, 401, "invalid_app_key").await;
     let new_key = rotated["app_key"].as_str().unwrap();
     assert_eq!(app.send_link(new_key, "a@example.com", None).await.status(), 200);
@@ -204,20 +235,46 @@ async fn checks_run_in_the_documented_order() {
     let app = TestApp::spawn().await;
     let (limited_id, limited) = app.create_app(&["--plan", "custom", "--burst", "1"]).await;
     // Shape before key.
-    assert_error(app.post("/api/send-link", &json!({"app_key": "bad"})).await, 400, "invalid_request").await;
+    assert_error(
+        app.post("/api/send-link", &json!({"app_key": "bad"})).await,
+        400,
+        "invalid_request",
+    )
+    .await;
     // Key before email validity and allow-list.
-    assert_error(app.send_link("bad", "not-an-email", Some("https://evil.com")).await, 401, "invalid_app_key").await;
+    assert_error(
+        app.send_link("bad", "not-an-email", Some("https://evil.com")).await,
+        401,
+        "invalid_app_key",
+    )
+    .await;
     // Rate limit before email validity: the burst of 1 is used by an accepted request...
     assert_eq!(app.send_link(&limited, "a@example.com", None).await.status(), 200);
     assert_error(app.send_link(&limited, "not-an-email", None).await, 429, "rate_limited").await;
-    assert_error(app.send_link(&limited, "a@example.com", Some("https://evil.com/")).await, 429, "rate_limited").await;
+    assert_error(
+        app.send_link(&limited, "a@example.com", Some("https://evil.com/"))
+            .await,
+        429,
+        "rate_limited",
+    )
+    .await;
     // Disabled before rate limit.
     app.cli(&["disable", &limited_id]).await.unwrap();
     assert_error(app.send_link(&limited, "not-an-email", None).await, 403, "app_disabled").await;
     // Email validity before the allow-list.
     let (_, key) = app.create_app(&[]).await;
-    assert_error(app.send_link(&key, "not-an-email", Some("https://evil.com/")).await, 400, "invalid_request").await;
-    assert_error(app.send_link(&key, "a@example.com", Some("https://evil.com/")).await, 403, "redirect_not_allowed").await;
+    assert_error(
+        app.send_link(&key, "not-an-email", Some("https://evil.com/")).await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_error(
+        app.send_link(&key, "a@example.com", Some("https://evil.com/")).await,
+        403,
+        "redirect_not_allowed",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -225,8 +282,18 @@ async fn early_rejections_do_not_count_against_the_limit() {
     let app = TestApp::spawn().await;
     let (app_id, key) = app.create_app(&["--burst", "2"]).await;
     for _ in 0..5 {
-        assert_error(app.post("/api/send-link", &json!({"app_key": key})).await, 400, "invalid_request").await;
-        assert_error(app.send_link("mk_wrong", "a@example.com", None).await, 401, "invalid_app_key").await;
+        assert_error(
+            app.post("/api/send-link", &json!({"app_key": key})).await,
+            400,
+            "invalid_request",
+        )
+        .await;
+        assert_error(
+            app.send_link("mk_wrong", "a@example.com", None).await,
+            401,
+            "invalid_app_key",
+        )
+        .await;
     }
     app.cli(&["disable", &app_id]).await.unwrap();
     for _ in 0..3 {
@@ -288,7 +355,12 @@ async fn redirect_allow_list_matching() {
     ];
     for (i, url) in allowed.iter().enumerate() {
         let response = app.send_link(&key, &format!("ok{i}@example.com"), Some(url)).await;
-        assert_eq!(response.status(), 200, "{url} should be allowed: {:?}", response.text().await);
+        assert_eq!(
+            response.status(),
+            200,
+            "{url} should be allowed: {:?}",
+            response.text().await
+        );
     }
     for (i, url) in rejected.iter().enumerate() {
         let message = assert_error(
@@ -300,8 +372,17 @@ async fn redirect_allow_list_matching() {
         assert_eq!(message, "Redirect URL not whitelisted", "{url}");
     }
     // Userinfo and fragments are invalid before matching is even tried.
-    for url in ["https://a.example.com@evil.com/app", "https://x@a.example.com/app", "https://a.example.com/app#x"] {
-        assert_error(app.send_link(&key, "u@example.com", Some(url)).await, 400, "invalid_request").await;
+    for url in [
+        "https://a.example.com@evil.com/app",
+        "https://x@a.example.com/app",
+        "https://a.example.com/app#x",
+    ] {
+        assert_error(
+            app.send_link(&key, "u@example.com", Some(url)).await,
+            400,
+            "invalid_request",
+        )
+        .await;
     }
     assert_eq!(app.wait_for_mail(allowed.len()).await.len(), allowed.len());
 }
@@ -314,7 +395,10 @@ async fn the_link_carries_the_token_in_the_redirect_query() {
     assert_eq!(app.send_link(&key, "q@example.com", Some(target)).await.status(), 200);
     let mail = app.wait_for_mail(1).await.remove(0);
     let link = url::Url::parse(&mail.find_link("https://a.example.com/cb").unwrap()).unwrap();
-    let pairs: Vec<(String, String)> = link.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let pairs: Vec<(String, String)> = link
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
     assert_eq!(pairs.iter().filter(|(k, _)| k == "magic_token").count(), 1);
     assert!(pairs.contains(&("next".into(), "/dash".into())));
     assert!(pairs.contains(&("lang".into(), "en".into())));
@@ -358,7 +442,11 @@ async fn default_ttl_is_fifteen_minutes() {
     let second = app.request_token(&key, "t@example.com").await;
     assert_eq!(app.verify(&key, &token).await.status(), 200, "valid at 14 min");
     app.clock.advance(2 * 60 * 1000);
-    assert_eq!(app.verify(&key, &second).await.status(), 200, "second link is 2 min old");
+    assert_eq!(
+        app.verify(&key, &second).await.status(),
+        200,
+        "second link is 2 min old"
+    );
 }
 
 #[tokio::test]
@@ -368,7 +456,11 @@ async fn a_token_of_another_app_is_invalid_and_stays_unused() {
     let (_, key_b) = app.create_app(&[]).await;
     let token = app.request_token(&key_a, "x@example.com").await;
     assert_error(app.verify(&key_b, &token).await, 400, "invalid_token").await;
-    assert_eq!(app.verify(&key_a, &token).await.status(), 200, "still usable by its own app");
+    assert_eq!(
+        app.verify(&key_a, &token).await.status(),
+        200,
+        "still usable by its own app"
+    );
 }
 
 #[tokio::test]
@@ -405,8 +497,14 @@ async fn users_are_per_app_and_case_insensitive() {
     let t2 = app.request_token(&key_a, "mixed.case@example.com").await;
     let (_, second) = json_of(app.verify(&key_a, &t2).await).await;
     assert_eq!(first["user"]["id"], second["user"]["id"], "same user");
-    assert_eq!(first["user"]["email_verified_at"], second["user"]["email_verified_at"], "set once");
-    assert_ne!(first["user"]["last_login_at"], second["user"]["last_login_at"], "updated per login");
+    assert_eq!(
+        first["user"]["email_verified_at"], second["user"]["email_verified_at"],
+        "set once"
+    );
+    assert_ne!(
+        first["user"]["last_login_at"], second["user"]["last_login_at"],
+        "updated per login"
+    );
     assert!(second["user"]["last_login_at"].as_str() > first["user"]["last_login_at"].as_str());
     let t3 = app.request_token(&key_b, "mixed.case@example.com").await;
     let (_, other) = json_of(app.verify(&key_b, &t3).await).await;
@@ -512,15 +610,27 @@ async fn idempotent_replays() {
     let (_, key) = app.create_app(&[]).await;
     let body = json!({"email": "idem@example.com", "app_key": key});
     let send = |idem: &'static str, body: Value| {
-        let request = app.http.post(format!("{}/api/send-link", app.base)).header("Idempotency-Key", idem).json(&body);
+        let request = app
+            .http
+            .post(format!("{}/api/send-link", app.base))
+            .header("Idempotency-Key", idem)
+            .json(&body);
         async move { request.send().await.unwrap() }
     };
     let first = json_of(send("key-1", body.clone()).await).await;
     let again = send("key-1", body.clone()).await;
-    assert_eq!(again.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
+    assert_eq!(
+        again.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
     assert_eq!(json_of(again).await, first);
     // Same key, other body.
-    assert_error(send("key-1", json!({"email": "other@example.com", "app_key": key})).await, 400, "invalid_request").await;
+    assert_error(
+        send("key-1", json!({"email": "other@example.com", "app_key": key})).await,
+        400,
+        "invalid_request",
+    )
+    .await;
     // Exactly one email went out.
     app.wait_for_mail(1).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -584,11 +694,21 @@ async fn oversize_bodies_get_413() {
     let (_, key) = app.create_app(&[]).await;
     let big = json!({"email": "a@example.com", "app_key": key, "pad": "x".repeat(17 * 1024)}).to_string();
     for path in ["/api/send-link", "/api/verify-token"] {
-        assert_error(raw_post(&app, path, Some("application/json"), big.clone()).await, 413, "payload_too_large").await;
+        assert_error(
+            raw_post(&app, path, Some("application/json"), big.clone()).await,
+            413,
+            "payload_too_large",
+        )
+        .await;
     }
     // Just under the limit is fine.
     let fits = json!({"email": "a@example.com", "app_key": key, "pad": "x".repeat(15 * 1024)}).to_string();
-    assert_eq!(raw_post(&app, "/api/send-link", Some("application/json"), fits).await.status(), 200);
+    assert_eq!(
+        raw_post(&app, "/api/send-link", Some("application/json"), fits)
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -604,7 +724,12 @@ async fn unknown_routes_and_methods() {
         (reqwest::Method::DELETE, "/api/send-link"),
         (reqwest::Method::POST, "/healthz"),
     ] {
-        let response = app.http.request(method, format!("{}{path}", app.base)).send().await.unwrap();
+        let response = app
+            .http
+            .request(method, format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
         assert_error(response, 405, "method_not_allowed").await;
     }
 }
@@ -619,7 +744,10 @@ async fn internal_errors_leak_nothing() {
     let response = app.send_link(&key, "a@example.com", None).await;
     let text = response.text().await.unwrap();
     let body: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(body, json!({"success": false, "error": "Internal server error", "code": "internal_error"}));
+    assert_eq!(
+        body,
+        json!({"success": false, "error": "Internal server error", "code": "internal_error"})
+    );
     assert!(!text.contains("magic_links"));
     let verify = app.verify(&key, &"A".repeat(43)).await;
     assert_error(verify, 500, "internal_error").await;

@@ -47,7 +47,15 @@ async fn links_requested_during_an_smtp_outage_arrive_once_it_is_back() {
     for mail in &mails_after {
         assert_eq!(app.verify(&key, &token_of(mail)).await.status(), 200);
     }
-    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let failures: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("magicauth_mail_failures_total "))
@@ -81,7 +89,13 @@ async fn queued_mail_survives_a_restart() {
     let (_, key) = first.create_app(&[]).await;
     first.smtp.stop().await;
     for i in 0..3 {
-        assert_eq!(first.send_link(&key, &format!("restart{i}@example.com"), None).await.status(), 200);
+        assert_eq!(
+            first
+                .send_link(&key, &format!("restart{i}@example.com"), None)
+                .await
+                .status(),
+            200
+        );
     }
     let (dir, mut smtp) = first.stop().await;
     smtp.restart().await;
@@ -122,7 +136,11 @@ async fn sponsor_footer_only_for_free_plan_apps() {
         assert_eq!(html.contains("Sent free by MagicAuth Sponsors"), is_free);
         assert_eq!(
             mail.subject().unwrap(),
-            if is_free { "Your sign-in link for Free App" } else { "Your sign-in link for Custom App" }
+            if is_free {
+                "Your sign-in link for Free App"
+            } else {
+                "Your sign-in link for Custom App"
+            }
         );
     }
 }
@@ -159,8 +177,12 @@ async fn mail_dir_mode_writes_eml_files() {
         "--json",
     ])
     .unwrap();
-    let Some(magicauth_server::config::Command::Apps(command)) = cli.command else { unreachable!() };
-    magicauth_server::apps::run(store.as_ref(), command, &mut out).await.unwrap();
+    let Some(magicauth_server::config::Command::Apps(command)) = cli.command else {
+        unreachable!()
+    };
+    magicauth_server::apps::run(store.as_ref(), command, &mut out)
+        .await
+        .unwrap();
     let created: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let response = reqwest::Client::new()
         .post(format!("{base}/api/send-link"))
@@ -172,7 +194,12 @@ async fn mail_dir_mode_writes_eml_files() {
     let mut files = Vec::new();
     for _ in 0..100 {
         files = std::fs::read_dir(&mail_dir)
-            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .collect()
+            })
             .unwrap_or_default();
         if !files.is_empty() {
             break;
@@ -182,7 +209,10 @@ async fn mail_dir_mode_writes_eml_files() {
     assert_eq!(files.len(), 1);
     let raw = std::fs::read_to_string(&files[0]).unwrap();
     assert!(raw.contains("To: file@example.com"));
-    assert!(raw.contains("From: \"Acme Login\" <login@acme.test>") || raw.contains("From: Acme Login <login@acme.test>"), "{raw}");
+    assert!(
+        raw.contains("From: \"Acme Login\" <login@acme.test>") || raw.contains("From: Acme Login <login@acme.test>"),
+        "{raw}"
+    );
     assert!(raw.contains("Subject: Your sign-in link for Files"));
     assert!(raw.contains("multipart/alternative"));
     shutdown.cancel();

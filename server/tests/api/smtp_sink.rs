@@ -1,23 +1,23 @@
 //! Exercises the test SMTP sink with lettre as a real client over TCP, plus a
 //! raw-socket client for protocol edge cases lettre never produces.
 
-
 use std::error::Error as _;
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::support::smtp::{ReceivedMail, SinkMode, SmtpSink};
 use lettre::message::header::ContentTransferEncoding;
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use crate::support::smtp::{ReceivedMail, SinkMode, SmtpSink};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const SUBJECT: &str = "Your sign-in link for Café";
 /// Long enough that quoted-printable has to soft-wrap it.
-const LINK: &str = "https://auth.example.com/v1/verify?token=Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5d2FsZG8&redirect=%2Fhome";
+const LINK: &str =
+    "https://auth.example.com/v1/verify?token=Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5d2FsZG8&redirect=%2Fhome";
 
 fn transport(sink: &SmtpSink) -> AsyncSmtpTransport<Tokio1Executor> {
     AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
@@ -54,10 +54,7 @@ fn io_error_kind(err: &SmtpError) -> Option<io::ErrorKind> {
 #[tokio::test]
 async fn alternative_message_decodes() {
     let sink = SmtpSink::start().await;
-    assert_eq!(
-        sink.url(),
-        format!("smtp+plain://127.0.0.1:{}", sink.port())
-    );
+    assert_eq!(sink.url(), format!("smtp+plain://127.0.0.1:{}", sink.port()));
 
     let text = format!("Hello Zoë,\n\nSign in here:\n{LINK}\n\nThe link expires in 15 minutes.\n");
     let html = format!("<p>Hello Zoë,</p>\n<p><a href=\"{LINK}\">Sign in — ✓</a></p>\n");
@@ -66,10 +63,7 @@ async fn alternative_message_decodes() {
         .to(mailbox("user@example.com"))
         .bcc(mailbox("audit@example.com"))
         .subject(SUBJECT)
-        .multipart(MultiPart::alternative_plain_html(
-            text.clone(),
-            html.clone(),
-        ))
+        .multipart(MultiPart::alternative_plain_html(text.clone(), html.clone()))
         .expect("valid message");
     transport(&sink).send(message).await.expect("send succeeds");
 
@@ -85,10 +79,7 @@ async fn alternative_message_decodes() {
     assert_eq!(mail.subject().as_deref(), Some(SUBJECT));
     assert_eq!(mail.text_body().as_deref(), Some(text.as_str()));
     assert_eq!(mail.html_body().as_deref(), Some(html.as_str()));
-    assert_eq!(
-        mail.find_link("https://auth.example.com/").as_deref(),
-        Some(LINK)
-    );
+    assert_eq!(mail.find_link("https://auth.example.com/").as_deref(), Some(LINK));
     assert_eq!(mail.find_link("https://elsewhere.example/"), None);
     assert_eq!(sink.connections(), 1);
     assert_eq!(sink.data_attempts(), 1);
@@ -131,10 +122,7 @@ async fn explicit_transfer_encodings_decode() {
     );
     assert_eq!(mail.text_body().as_deref(), Some(text.as_str()));
     assert_eq!(mail.html_body().as_deref(), Some(html.as_str()));
-    assert_eq!(
-        mail.find_link("https://auth.example.com/").as_deref(),
-        Some(LINK)
-    );
+    assert_eq!(mail.find_link("https://auth.example.com/").as_deref(), Some(LINK));
 }
 
 #[tokio::test]
@@ -147,10 +135,7 @@ async fn leading_dots_survive_dot_stuffing() {
         .expect("send succeeds");
 
     let mail = sink.messages().await.pop().expect("message stored");
-    assert!(
-        mail.data
-            .contains("\r\n.starts with a dot\r\n.\r\n..two dots\r\n")
-    );
+    assert!(mail.data.contains("\r\n.starts with a dot\r\n.\r\n..two dots\r\n"));
     // lettre always appends CRLF.CRLF, so a body that already ends in a line
     // break arrives with one extra empty line - faithfully recorded.
     assert_eq!(mail.text_body(), Some(format!("{body}\n")));
@@ -228,12 +213,7 @@ async fn stop_refuses_and_restart_recovers_on_same_port() {
         .await
         .expect("send succeeds after restart");
 
-    let subjects: Vec<_> = sink
-        .messages()
-        .await
-        .iter()
-        .filter_map(ReceivedMail::subject)
-        .collect();
+    let subjects: Vec<_> = sink.messages().await.iter().filter_map(ReceivedMail::subject).collect();
     assert_eq!(subjects, ["before", "after"]);
 }
 
@@ -249,10 +229,7 @@ async fn wait_for_times_out_with_fewer_messages() {
     let mail = sink.wait_for(2, Duration::from_millis(300)).await;
     let waited = started.elapsed();
     assert_eq!(mail.len(), 1);
-    assert!(
-        waited >= Duration::from_millis(300),
-        "returned early after {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(300), "returned early after {waited:?}");
     assert!(waited < Duration::from_secs(3), "overslept: {waited:?}");
 }
 
@@ -296,9 +273,7 @@ struct RawClient {
 
 impl RawClient {
     async fn connect(sink: &SmtpSink) -> (Self, String) {
-        let stream = TcpStream::connect(("127.0.0.1", sink.port()))
-            .await
-            .expect("connect");
+        let stream = TcpStream::connect(("127.0.0.1", sink.port())).await.expect("connect");
         let (reader, writer) = stream.into_split();
         let mut client = Self {
             reader: BufReader::new(reader),
@@ -340,11 +315,7 @@ async fn protocol_errors_and_limits() {
     let (mut c, greeting) = RawClient::connect(&sink).await;
     assert!(greeting.starts_with("220 "), "{greeting}");
 
-    assert!(
-        c.command("MAIL FROM:<a@example.com>")
-            .await
-            .starts_with("503 ")
-    );
+    assert!(c.command("MAIL FROM:<a@example.com>").await.starts_with("503 "));
     assert!(c.command("EHLO").await.starts_with("501 "));
 
     let ehlo = c.command("ehlo client.example").await;
@@ -352,44 +323,31 @@ async fn protocol_errors_and_limits() {
     for ext in ["8BITMIME", "SMTPUTF8", "PIPELINING"] {
         assert!(ehlo.contains(ext), "{ext} missing from {ehlo}");
     }
-    assert!(
-        !ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
-        "{ehlo}"
-    );
+    assert!(!ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"), "{ehlo}");
 
     assert!(c.command("STARTTLS").await.starts_with("502 "));
     assert!(c.command("XYZZY plugh").await.starts_with("502 "));
     assert!(c.command("").await.starts_with("500 "));
     assert!(c.command("NOOP").await.starts_with("250 "));
-    assert!(
-        c.command("RCPT TO:<b@example.com>")
-            .await
-            .starts_with("503 ")
-    );
+    assert!(c.command("RCPT TO:<b@example.com>").await.starts_with("503 "));
     assert!(c.command("DATA").await.starts_with("503 "));
     assert!(c.command("MAIL FROM:garbage").await.starts_with("501 "));
     assert!(c.command("MAIL FROM:<>").await.starts_with("250 "));
-    assert!(
-        c.command("MAIL FROM:<a@example.com>")
-            .await
-            .starts_with("503 ")
-    );
+    assert!(c.command("MAIL FROM:<a@example.com>").await.starts_with("503 "));
     assert!(c.command("DATA").await.starts_with("503 "));
     assert!(c.command("RCPT TO:<>").await.starts_with("501 "));
     assert!(c.command("RSET").await.starts_with("250 "));
-    assert!(
-        c.command("RCPT TO:<b@example.com>")
-            .await
-            .starts_with("503 ")
-    );
+    assert!(c.command("RCPT TO:<b@example.com>").await.starts_with("503 "));
 
     // Invalid UTF-8 and NUL bytes are answered, not fatal.
     c.send_raw(b"\xff\xfe\x00\r\n").await;
     assert!(c.reply().await.starts_with("500 "));
 
     // Pipelined transaction in one write; bare LF line endings are tolerated.
-    c.send_raw(b"MAIL FROM:<a@example.com> BODY=8BITMIME\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\nDATA\r\n")
-        .await;
+    c.send_raw(
+        b"MAIL FROM:<a@example.com> BODY=8BITMIME\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\nDATA\r\n",
+    )
+    .await;
     for expected in ["250 ", "250 ", "250 ", "354 "] {
         assert!(c.reply().await.starts_with(expected));
     }

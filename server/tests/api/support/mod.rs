@@ -240,6 +240,10 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
     assert_eq!(body["success"], json!(false));
     let message = body["error"].as_str().expect("error text").to_owned();
     assert!(!message.is_empty());
-    assert_eq!(body.as_object().map(|o| o.len()), Some(3), "exactly success/error/code: {body}");
+    assert_eq!(
+        body.as_object().map(|o| o.len()),
+        Some(3),
+        "exactly success/error/code: {body}"
+    );
     message
 }

@@ -17,9 +17,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
-};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -142,10 +140,7 @@ impl SmtpSink {
     /// Binds 127.0.0.1 on an OS-assigned port and starts serving.
     pub async fn start() -> Self {
         let listener = bind(0).expect("bind SMTP sink on 127.0.0.1");
-        let port = listener
-            .local_addr()
-            .expect("SMTP sink local address")
-            .port();
+        let port = listener.local_addr().expect("SMTP sink local address").port();
         let shared = Arc::new(Shared {
             mode: AtomicU8::new(SinkMode::Accept.as_u8()),
             mail: watch::Sender::new(Vec::new()),
@@ -153,11 +148,7 @@ impl SmtpSink {
             data_attempts: AtomicUsize::new(0),
         });
         let running = Some(spawn_server(listener, Arc::clone(&shared)));
-        Self {
-            port,
-            shared,
-            running,
-        }
+        Self { port, shared, running }
     }
 
     pub fn port(&self) -> u16 {
@@ -211,8 +202,7 @@ impl SmtpSink {
     /// Brings SMTP back on the same port (stopping first if still running).
     pub async fn restart(&mut self) {
         self.stop().await;
-        let listener = bind(self.port)
-            .unwrap_or_else(|e| panic!("rebind SMTP sink on port {}: {e}", self.port));
+        let listener = bind(self.port).unwrap_or_else(|e| panic!("rebind SMTP sink on port {}: {e}", self.port));
         self.running = Some(spawn_server(listener, Arc::clone(&self.shared)));
     }
 }
@@ -242,11 +232,7 @@ fn spawn_server(listener: TcpListener, shared: Arc<Shared>) -> Running {
     Running { shutdown, task }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: oneshot::Receiver<()>,
-) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: oneshot::Receiver<()>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -468,11 +454,7 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>) -
     }
     if buf.last() != Some(&b'\n') {
         // Either the limit cut the line or the peer closed mid-line.
-        return Ok(if buf.len() > MAX_LINE {
-            Line::TooLong
-        } else {
-            Line::Eof
-        });
+        return Ok(if buf.len() > MAX_LINE { Line::TooLong } else { Line::Eof });
     }
     buf.pop();
     if buf.last() == Some(&b'\r') {
@@ -577,11 +559,7 @@ fn parse_header_params(value: &str) -> (String, Vec<(String, String)>) {
     segments.push(current);
 
     let mut segments = segments.into_iter();
-    let kind = segments
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let kind = segments.next().unwrap_or_default().trim().to_ascii_lowercase();
     let params = segments
         .filter_map(|segment| {
             let (key, value) = segment.split_once('=')?;
@@ -600,28 +578,20 @@ fn unescape_quoted(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
-        out.push(if c == '\\' {
-            chars.next().unwrap_or(c)
-        } else {
-            c
-        });
+        out.push(if c == '\\' { chars.next().unwrap_or(c) } else { c });
     }
     out
 }
 
 fn param<'p>(params: &'p [(String, String)], key: &str) -> Option<&'p str> {
-    params
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 /// Depth-first search for the first non-attachment `text/<subtype>` part.
 fn find_text_part(raw: &str, subtype: &str, depth: usize) -> Option<String> {
     let (headers, body) = split_entity(raw);
     // RFC 2045 §5.2: no Content-Type means text/plain; charset=us-ascii.
-    let (kind, params) =
-        parse_header_params(find_header(&headers, "Content-Type").unwrap_or("text/plain"));
+    let (kind, params) = parse_header_params(find_header(&headers, "Content-Type").unwrap_or("text/plain"));
 
     if kind.starts_with("multipart/") {
         if depth >= MAX_MIME_DEPTH {
@@ -633,8 +603,8 @@ fn find_text_part(raw: &str, subtype: &str, depth: usize) -> Option<String> {
             .find_map(|part| find_text_part(part, subtype, depth + 1));
     }
 
-    let is_attachment = find_header(&headers, "Content-Disposition")
-        .is_some_and(|d| parse_header_params(d).0 == "attachment");
+    let is_attachment =
+        find_header(&headers, "Content-Disposition").is_some_and(|d| parse_header_params(d).0 == "attachment");
     if kind.strip_prefix("text/") != Some(subtype) || is_attachment {
         return None;
     }
@@ -715,10 +685,7 @@ fn decode_quoted_printable(input: &[u8], header: bool) -> Vec<u8> {
                 }
                 // Soft line break: `=` plus optional trailing whitespace, then a line break.
                 let rest = &input[i + 1..];
-                let ws = rest
-                    .iter()
-                    .take_while(|b| matches!(b, b' ' | b'\t'))
-                    .count();
+                let ws = rest.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
                 let after = &rest[ws..];
                 if after.starts_with(b"\r\n") {
                     i += 1 + ws + 2;
