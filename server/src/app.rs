@@ -16,7 +16,7 @@ use crate::auth::{AuthService, AuthSettings};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{AppState, router};
-use crate::mail::{MailTransport, OutboxWorker, RetryPolicy};
+use crate::mail::{MailTransport, OutboxWorker, RetryPolicy, SmtpUrl};
 use crate::metrics::Metrics;
 use crate::session::SessionSigner;
 use crate::store::{self, DynStore, Retention};
@@ -56,7 +56,10 @@ impl Application {
             .parse()
             .with_context(|| format!("MAGICAUTH_MAIL_FROM is not a valid sender: {:?}", config.mail_from))?;
         let transport = match &config.smtp_url {
-            Some(url) => MailTransport::smtp(url.clone()).map_err(anyhow::Error::msg)?,
+            Some(raw) => {
+                let url: SmtpUrl = raw.0.parse().map_err(|e| anyhow::anyhow!("MAGICAUTH_SMTP_URL: {e}"))?;
+                MailTransport::smtp(url).map_err(anyhow::Error::msg)?
+            }
             None => MailTransport::Directory(config.mail_dir.clone()),
         };
         let store = open_store(&config.database_url).await?;

@@ -7,7 +7,6 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::domain::parse_duration;
-use crate::mail::SmtpUrl;
 use crate::store::Plan;
 
 #[derive(Debug, Parser)]
@@ -50,7 +49,7 @@ pub struct Config {
     /// SMTP relay: `smtp://user:pass@host:port` (STARTTLS when offered),
     /// `smtps://…` (TLS) or `smtp+plain://host:port` (no TLS). Unset: write `.eml` files.
     #[arg(long, env = "MAGICAUTH_SMTP_URL", global = true, hide_env_values = true)]
-    pub smtp_url: Option<SmtpUrl>,
+    pub smtp_url: Option<SecretArg>,
 
     /// Without SMTP, each email is written here as an `.eml` file.
     #[arg(long, env = "MAGICAUTH_MAIL_DIR", default_value = "./mail", global = true)]
@@ -81,6 +80,26 @@ impl Config {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => format!("http://{bound}"),
         }
+    }
+}
+
+/// A setting that may hold a password (the SMTP URL). Kept unparsed here so
+/// that clap's "invalid value" errors can never echo it; it is validated when
+/// used, with a message that masks the password.
+#[derive(Clone)]
+pub struct SecretArg(pub String);
+
+impl std::str::FromStr for SecretArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretArg(**redacted**)")
     }
 }
 

@@ -20,10 +20,12 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
+            // Listen for signals before anything else, so an early SIGTERM is not lost.
+            let signal = shutdown_signal()?;
             let app = Application::build(&cli.config).await?;
             let shutdown = app.shutdown_token();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                signal.await;
                 tracing::info!("shutting down");
                 shutdown.cancel();
             });
@@ -41,17 +43,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -19,7 +19,8 @@ impl FromStr for SmtpUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let url = Url::parse(s).map_err(|e| format!("invalid SMTP URL: {e}"))?;
+        // Errors never repeat the input: it may hold a password.
+        let url = Url::parse(s).map_err(|e| format!("not a valid SMTP URL ({e})"))?;
         if !matches!(url.scheme(), "smtp" | "smtps" | "smtp+plain") {
             return Err("SMTP URL must start with smtp://, smtps:// or smtp+plain://".into());
         }

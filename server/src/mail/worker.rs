@@ -33,7 +33,7 @@ impl Default for RetryPolicy {
             first_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(60),
             give_up_after: Duration::from_secs(24 * 3600),
-            lease: Duration::from_secs(120),
+            lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(500),
             batch: 8,
         }

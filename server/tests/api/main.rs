@@ -5,4 +5,5 @@ mod support;
 
 mod contract;
 mod mail;
+mod process;
 mod smtp_sink;
