@@ -255,6 +255,29 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// An app as `GET /api/app` describes it to its own key holder.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppInfo {
+    /// The app's id: the `aud` of its session JWTs.
+    #[cfg_attr(feature = "openapi", schema(example = "app_3hK9q2LmZx7Yb1Rt0PwA"))]
+    pub id: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// Success body of `GET /api/app`: what a client needs to check session JWTs offline.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppInfoResponse {
+    /// Always `true`.
+    pub success: bool,
+    /// The app the key belongs to.
+    pub app: AppInfo,
+    /// The `iss` of session JWTs: the server's public URL.
+    pub issuer: String,
+}
+
 /// Claims of the session JWT issued by `POST /api/verify-token`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SessionClaims {

@@ -231,3 +231,29 @@ async fn smtp_scheme_falls_back_to_plain_when_starttls_is_not_offered() {
     let token = app.request_token(&key, "starttls@example.com").await;
     assert_eq!(app.verify(&key, &token).await.status(), 200);
 }
+
+#[tokio::test]
+async fn delivery_is_given_up_after_a_day_of_failures() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.create_app(&[]).await;
+    app.smtp.stop().await;
+    assert_eq!(app.send_link(&key, "never@example.com", None).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.store.outbox_depth().await.unwrap(), 1, "still queued after early failures");
+    // A day later the next failed attempt is the last one.
+    app.clock.advance(24 * 3600 * 1000 + 1000);
+    let mut depth = 1;
+    for _ in 0..100 {
+        depth = app.store.outbox_depth().await.unwrap();
+        if depth == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(depth, 0, "given up");
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("magicauth_mail_given_up_total 1"), "{metrics}");
+    app.smtp.restart().await;
+    settle().await;
+    assert!(app.smtp.messages().await.is_empty(), "a given-up email is not sent later");
+}
