@@ -198,7 +198,13 @@ impl ClientBuilder {
             .map(|k| k.trim().to_owned())
             .filter(|k| !k.is_empty())
             .ok_or_else(|| Error::configuration("no app key: pass one or set MAGICAUTH_APP_KEY"))?;
-        let base_url = self.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL).trim().trim_end_matches('/').to_owned();
+        let base_url = self
+            .base_url
+            .as_deref()
+            .unwrap_or(DEFAULT_BASE_URL)
+            .trim()
+            .trim_end_matches('/')
+            .to_owned();
         let parsed = url::Url::parse(&base_url).map_err(|e| Error::configuration(format!("invalid base URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
             return Err(Error::configuration("the base URL must be an http(s) URL"));
@@ -304,7 +310,8 @@ impl Client {
 
     async fn post<Req: Serialize, Resp: DeserializeOwned>(&self, path: &str, body: &Req) -> Result<Resp, Error> {
         let url = format!("{}/{path}", self.inner.base_url);
-        let body = serde_json::to_vec(body).map_err(|e| Error::configuration(format!("unserialisable request: {e}")))?;
+        let body =
+            serde_json::to_vec(body).map_err(|e| Error::configuration(format!("unserialisable request: {e}")))?;
         // One key for every attempt of this call, so a retry is never a second send.
         let idempotency_key = crate::session::random_id();
         self.with_retries(|| {
@@ -454,7 +461,11 @@ mod tests {
             Client::builder().app_key("k").base_url("ftp://x").build(),
             Err(Error::Configuration(_))
         ));
-        let client = Client::builder().app_key("k").base_url("http://h:1/api/").build().unwrap();
+        let client = Client::builder()
+            .app_key("k")
+            .base_url("http://h:1/api/")
+            .build()
+            .unwrap();
         assert_eq!(client.base_url(), "http://h:1/api");
         let default = Client::builder().app_key("k").build().unwrap();
         assert_eq!(default.base_url(), DEFAULT_BASE_URL);

@@ -42,7 +42,9 @@ impl fmt::Display for ErrorDetail {
 impl fmt::Debug for ErrorDetail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("ErrorDetail");
-        s.field("code", &self.code).field("message", &self.message).field("status", &self.status);
+        s.field("code", &self.code)
+            .field("message", &self.message)
+            .field("status", &self.status);
         if let Some(body) = &self.raw_body {
             s.field("raw_body", &truncate(body, 200));
         }

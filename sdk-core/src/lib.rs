@@ -45,9 +45,9 @@
 
 pub mod wire;
 
-mod error;
 #[cfg(feature = "client")]
 mod client;
+mod error;
 #[cfg(feature = "client")]
 mod retry;
 #[cfg(feature = "client")]

@@ -37,7 +37,9 @@ impl RetryPolicy {
         }
         match error {
             Error::Connection { .. } | Error::Timeout { .. } => Some(self.backoff(attempt)),
-            Error::Server(detail) if matches!(detail.status, Some(500 | 502 | 503 | 504)) => Some(self.backoff(attempt)),
+            Error::Server(detail) if matches!(detail.status, Some(500 | 502 | 503 | 504)) => {
+                Some(self.backoff(attempt))
+            }
             // A used-up monthly quota does not come back within a retry.
             Error::RateLimited { detail, .. } if detail.code == "quota_exceeded" => None,
             Error::RateLimited { retry_after, .. } => match retry_after {
@@ -84,8 +86,17 @@ mod tests {
         };
         assert!(p.delay(&conn, 1).is_some());
         assert!(p.delay(&conn, 2).is_none(), "gives up after max_retries");
-        for code in ["invalid_token", "token_used", "invalid_app_key", "app_disabled", "invalid_request"] {
-            assert!(p.delay(&Error::from_api(code, "x".into(), 400, None), 0).is_none(), "{code}");
+        for code in [
+            "invalid_token",
+            "token_used",
+            "invalid_app_key",
+            "app_disabled",
+            "invalid_request",
+        ] {
+            assert!(
+                p.delay(&Error::from_api(code, "x".into(), 400, None), 0).is_none(),
+                "{code}"
+            );
         }
     }
 

@@ -75,7 +75,8 @@ impl SessionVerifier {
 
     pub async fn verify(&self, client: &Client, jwt: &str, now: DateTime<Utc>) -> Result<SessionClaims, Error> {
         let mut parts = jwt.trim().split('.');
-        let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(Error::session("malformed session token"));
         };

@@ -49,7 +49,13 @@ mod tests {
 
     #[test]
     fn none_without_a_token() {
-        for input in ["", "https://a.com/cb", "https://a.com/cb?magic_token=", "token=abc", "https://a.com/cb#magic_token=x"] {
+        for input in [
+            "",
+            "https://a.com/cb",
+            "https://a.com/cb?magic_token=",
+            "token=abc",
+            "https://a.com/cb#magic_token=x",
+        ] {
             assert_eq!(token_from_url(input), None, "{input}");
         }
     }

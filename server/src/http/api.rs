@@ -1,14 +1,16 @@
-//! `POST /api/send-link` and `POST /api/verify-token`.
+//! `POST /api/send-link`, `POST /api/verify-token` and `GET /api/app`.
 
+use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use magicauth::wire::{
-    ErrorBody, ErrorCode, SendLinkRequest, SendLinkResponse, VerifyTokenRequest, VerifyTokenResponse,
+    AppInfo, AppInfoResponse, ErrorBody, ErrorCode, SendLinkRequest, SendLinkResponse, VerifyTokenRequest,
+    VerifyTokenResponse,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -22,6 +24,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/send-link", post(send_link))
         .route("/api/verify-token", post(verify_token))
+        .route("/api/app", get(app_info))
 }
 
 /// A finished API response: what is sent, and what an idempotent replay repeats.
@@ -148,6 +151,38 @@ pub async fn verify_token(
         }
     })
     .await
+}
+
+/// Describe the app of a key.
+///
+/// Tells a client the app id and issuer its session JWTs carry (`aud`, `iss`),
+/// so SDKs can check sessions offline without extra configuration.
+#[utoipa::path(
+    get,
+    path = "/api/app",
+    tag = "sessions",
+    security(("app_key" = [])),
+    responses(
+        (status = 200, description = "The app of the key", body = AppInfoResponse),
+        (status = 401, description = "invalid_app_key", body = ErrorBody),
+        (status = 403, description = "app_disabled", body = ErrorBody),
+    )
+)]
+pub async fn app_info(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<AppInfoResponse>, ApiError> {
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let app = state.auth.authenticate(key.trim()).await?;
+    Ok(Json(AppInfoResponse {
+        success: true,
+        app: AppInfo {
+            id: app.record.id,
+            name: app.record.name,
+        },
+        issuer: state.auth.settings.issuer.clone(),
+    }))
 }
 
 /// The body as a JSON object, or the contract's 400/413.

@@ -838,3 +838,27 @@ async fn concurrent_duplicates_of_one_idempotency_key_send_one_email() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(app.smtp.messages().await.len(), 1);
 }
+
+#[tokio::test]
+async fn app_info_describes_the_key_holder_app() {
+    let app = TestApp::spawn().await;
+    let (app_id, key) = app.create_app(&["--name", "Described"]).await;
+    let get = |auth: Option<String>| {
+        let mut request = app.http.get(format!("{}/api/app", app.base));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    let (status, body) = json_of(get(Some(format!("Bearer {key}"))).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"success": true, "app": {"id": app_id, "name": "Described"}, "issuer": app.base})
+    );
+    assert_error(get(None).await, 401, "invalid_app_key").await;
+    assert_error(get(Some(key.clone())).await, 401, "invalid_app_key").await;
+    assert_error(get(Some("Bearer mk_nope".into())).await, 401, "invalid_app_key").await;
+    app.cli(&["disable", &app_id]).await.unwrap();
+    assert_error(get(Some(format!("Bearer {key}"))).await, 403, "app_disabled").await;
+}

@@ -239,7 +239,11 @@ async fn delivery_is_given_up_after_a_day_of_failures() {
     app.smtp.stop().await;
     assert_eq!(app.send_link(&key, "never@example.com", None).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.store.outbox_depth().await.unwrap(), 1, "still queued after early failures");
+    assert_eq!(
+        app.store.outbox_depth().await.unwrap(),
+        1,
+        "still queued after early failures"
+    );
     // A day later the next failed attempt is the last one.
     app.clock.advance(24 * 3600 * 1000 + 1000);
     let mut depth = 1;
@@ -251,9 +255,20 @@ async fn delivery_is_given_up_after_a_day_of_failures() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(depth, 0, "given up");
-    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("magicauth_mail_given_up_total 1"), "{metrics}");
     app.smtp.restart().await;
     settle().await;
-    assert!(app.smtp.messages().await.is_empty(), "a given-up email is not sent later");
+    assert!(
+        app.smtp.messages().await.is_empty(),
+        "a given-up email is not sent later"
+    );
 }
