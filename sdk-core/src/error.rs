@@ -238,7 +238,8 @@ mod tests {
 
     #[test]
     fn every_contract_code_maps_to_its_kind() {
-        let cases: [(&str, u16, fn(&Error) -> bool); 13] = [
+        type IsKind = fn(&Error) -> bool;
+        let cases: [(&str, u16, IsKind); 13] = [
             ("invalid_token", 400, |e| matches!(e, Error::InvalidToken(_))),
             ("token_used", 400, |e| matches!(e, Error::TokenAlreadyUsed(_))),
             ("token_expired", 400, |e| matches!(e, Error::TokenExpired(_))),

@@ -11,6 +11,7 @@ use super::{api, operator};
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&AppKeyAuth),
     info(
         title = "MagicAuth API",
         description = "Passwordless sign-in: email single-use magic links and verify them.",
@@ -19,7 +20,6 @@ use super::{api, operator};
     components(schemas(AppInfo, AppInfoResponse, SendLinkRequest, SendLinkResponse, VerifyTokenRequest, VerifyTokenResponse, User, ErrorBody, ErrorCode, Jwk, JwkSet)),
     tags((name = "links", description = "Magic links"), (name = "sessions", description = "Session tokens"), (name = "operator", description = "Health and metrics"))
 )]
-#[openapi(modifiers(&AppKeyAuth))]
 pub struct ApiDoc;
 
 /// The bearer scheme of `GET /api/app` (the POST endpoints carry the key in the body).
