@@ -223,10 +223,12 @@ impl Error {
         }
     }
 
+    #[cfg(feature = "client")]
     pub(crate) fn session(message: impl Into<String>) -> Self {
         Error::InvalidSession(ErrorDetail::new("invalid_session", message, None))
     }
 
+    #[cfg(feature = "client")]
     pub(crate) fn configuration(message: impl Into<String>) -> Self {
         Error::Configuration(ErrorDetail::new("configuration", message, None))
     }

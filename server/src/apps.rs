@@ -33,7 +33,7 @@ struct AppListing<'a> {
 }
 
 /// Runs one `apps` subcommand, writing its result to `out`.
-pub async fn run(store: &dyn Store, command: AppsCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn run(store: &dyn Store, command: AppsCommand, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let now = SystemClock.now_ms();
     match command {
         AppsCommand::Create(create) => {
@@ -112,7 +112,7 @@ fn new_app(create: CreateApp, now: i64) -> anyhow::Result<(AppRecord, AppKey)> {
     Ok((record, AppKey::generate()))
 }
 
-fn print_credentials(out: &mut dyn Write, app_id: &str, key: &AppKey, json: bool) -> anyhow::Result<()> {
+fn print_credentials(out: &mut (dyn Write + Send), app_id: &str, key: &AppKey, json: bool) -> anyhow::Result<()> {
     if json {
         let line = serde_json::to_string(&Credentials {
             app_id,
@@ -142,7 +142,7 @@ fn listing(app: &AppRecord) -> AppListing<'_> {
     }
 }
 
-fn print_table(out: &mut dyn Write, apps: &[AppListing<'_>]) -> anyhow::Result<()> {
+fn print_table(out: &mut (dyn Write + Send), apps: &[AppListing<'_>]) -> anyhow::Result<()> {
     let rows: Vec<[String; 8]> = apps
         .iter()
         .map(|a| {

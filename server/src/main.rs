@@ -38,7 +38,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Apps(command) => {
             let store = app::open_store(&cli.config.database_url).await?;
-            apps::run(store.as_ref(), command, &mut std::io::stdout().lock()).await
+            apps::run(store.as_ref(), command, &mut std::io::stdout()).await
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Test harness: a real server on 127.0.0.1:0 with a fresh database and a real
 //! SMTP server on loopback.
 
+// The SMTP sink lives with the cross-language test bed, which uses it too.
+#[path = "../../../../tests/testbed/src/smtp.rs"]
 pub mod smtp;
 
 use std::sync::Arc;
