@@ -1,21 +1,24 @@
 """Type stubs of the native module (written by hand; checked by mypy stubtest)."""
 
-from typing import Any, Awaitable, Optional
+from typing import Any, Awaitable, Optional, final
+
+__all__ = ["NativeClient", "token_from_url", "NativeError", "__version__"]
 
 __version__: str
 
 class NativeError(Exception): ...
 
+@final
 class NativeClient:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         app_key: Optional[str] = None,
         *,
         base_url: Optional[str] = None,
         timeout: Optional[float] = None,
         max_retries: Optional[int] = None,
         user_agent: Optional[str] = None,
-    ) -> None: ...
+    ) -> "NativeClient": ...
     @property
     def base_url(self) -> str: ...
     def send_link(self, email: str, redirect_url: Optional[str] = None) -> dict[str, Any]: ...
