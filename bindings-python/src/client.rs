@@ -43,7 +43,12 @@ impl NativeClient {
     }
 
     /// Returns an asyncio awaitable that runs `call` on the runtime.
-    fn awaitable<'py, T, F, Fut>(&self, py: Python<'py>, call: F, convert: fn(Python<'_>, T) -> PyResult<Py<PyAny>>) -> PyResult<Bound<'py, PyAny>>
+    fn awaitable<'py, T, F, Fut>(
+        &self,
+        py: Python<'py>,
+        call: F,
+        convert: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>>
     where
         T: Send + 'static,
         F: FnOnce(Client) -> Fut + Send + 'static,
@@ -116,15 +121,17 @@ impl NativeClient {
             let timeout = Duration::try_from_secs_f64(secs)
                 .ok()
                 .filter(|d| !d.is_zero())
-                .ok_or_else(|| pyo3::exceptions::PyValueError::new_err("timeout must be a positive number of seconds"))?;
+                .ok_or_else(|| {
+                    pyo3::exceptions::PyValueError::new_err("timeout must be a positive number of seconds")
+                })?;
             builder = builder.timeout(timeout);
         }
         if let Some(n) = max_retries {
             builder = builder.max_retries(n);
         }
-        builder = builder.user_agent(user_agent.unwrap_or_else(|| {
-            format!("magicauth-python/{} (rust core)", env!("CARGO_PKG_VERSION"))
-        }));
+        builder = builder.user_agent(
+            user_agent.unwrap_or_else(|| format!("magicauth-python/{} (rust core)", env!("CARGO_PKG_VERSION"))),
+        );
         let builder = builder.from_env();
         let client = builder.clone().build().map_err(|e| to_py_err(py, e))?;
         Ok(Self {
@@ -140,7 +147,9 @@ impl NativeClient {
 
     #[pyo3(signature = (email, redirect_url=None))]
     fn send_link(&self, py: Python<'_>, email: String, redirect_url: Option<String>) -> PyResult<Py<PyAny>> {
-        let sent = self.blocking(py, move |c| async move { c.send_link(&email, redirect_url.as_deref()).await })?;
+        let sent = self.blocking(py, move |c| async move {
+            c.send_link(&email, redirect_url.as_deref()).await
+        })?;
         send_link_dict(py, sent)
     }
 
@@ -169,7 +178,11 @@ impl NativeClient {
     }
 
     fn verify_token_async<'py>(&self, py: Python<'py>, token: String) -> PyResult<Bound<'py, PyAny>> {
-        self.awaitable(py, move |c| async move { c.verify_token(&token).await }, verification_dict)
+        self.awaitable(
+            py,
+            move |c| async move { c.verify_token(&token).await },
+            verification_dict,
+        )
     }
 
     fn verify_session_async<'py>(&self, py: Python<'py>, jwt: String) -> PyResult<Bound<'py, PyAny>> {

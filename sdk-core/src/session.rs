@@ -101,10 +101,11 @@ impl SessionVerifier {
 
         let leeway = i64::try_from(self.config.leeway.as_secs()).unwrap_or(0);
         let now = now.timestamp();
-        if claims.exp + leeway <= now {
+        // Saturating: `exp`/`iat` come from the token and may be extreme.
+        if claims.exp.saturating_add(leeway) <= now {
             return Err(Error::session("session expired"));
         }
-        if claims.iat - leeway > now {
+        if claims.iat.saturating_sub(leeway) > now {
             return Err(Error::session("session issued in the future"));
         }
         let expected = self.expected(client).await?;

@@ -17,20 +17,36 @@ const CONTRACT: [(&str, u16, &str, IsKind); 11] = [
     ("invalid_request", 400, "email: not a valid address", |e| {
         matches!(e, Error::InvalidRequest(_))
     }),
-    ("invalid_token", 400, "Invalid token", |e| matches!(e, Error::InvalidToken(_))),
-    ("token_used", 400, "Token already used", |e| matches!(e, Error::TokenAlreadyUsed(_))),
-    ("token_expired", 400, "Token expired", |e| matches!(e, Error::TokenExpired(_))),
-    ("invalid_app_key", 401, "Invalid app_key", |e| matches!(e, Error::InvalidAppKey(_))),
-    ("app_disabled", 403, "App disabled", |e| matches!(e, Error::Forbidden(_))),
+    ("invalid_token", 400, "Invalid token", |e| {
+        matches!(e, Error::InvalidToken(_))
+    }),
+    ("token_used", 400, "Token already used", |e| {
+        matches!(e, Error::TokenAlreadyUsed(_))
+    }),
+    ("token_expired", 400, "Token expired", |e| {
+        matches!(e, Error::TokenExpired(_))
+    }),
+    ("invalid_app_key", 401, "Invalid app_key", |e| {
+        matches!(e, Error::InvalidAppKey(_))
+    }),
+    ("app_disabled", 403, "App disabled", |e| {
+        matches!(e, Error::Forbidden(_))
+    }),
     ("redirect_not_allowed", 403, "Redirect URL not whitelisted", |e| {
         matches!(e, Error::Forbidden(_))
     }),
     ("payload_too_large", 413, "Request body over 16 KiB", |e| {
         matches!(e, Error::InvalidRequest(_))
     }),
-    ("rate_limited", 429, "Rate limit exceeded", |e| matches!(e, Error::RateLimited { .. })),
-    ("quota_exceeded", 429, "Monthly limit exceeded", |e| matches!(e, Error::RateLimited { .. })),
-    ("internal_error", 500, "Internal server error", |e| matches!(e, Error::Server(_))),
+    ("rate_limited", 429, "Rate limit exceeded", |e| {
+        matches!(e, Error::RateLimited { .. })
+    }),
+    ("quota_exceeded", 429, "Monthly limit exceeded", |e| {
+        matches!(e, Error::RateLimited { .. })
+    }),
+    ("internal_error", 500, "Internal server error", |e| {
+        matches!(e, Error::Server(_))
+    }),
 ];
 
 /// Calls `send_link` or `verify_token` (by `endpoint`) and returns its error.
@@ -40,7 +56,10 @@ async fn call_error(client: &magicauth::Client, endpoint: &str) -> Error {
             .send_link("user@example.com", None)
             .await
             .expect_err("the server answered an error"),
-        _ => client.verify_token("tok_abc").await.expect_err("the server answered an error"),
+        _ => client
+            .verify_token("tok_abc")
+            .await
+            .expect_err("the server answered an error"),
     }
 }
 
@@ -83,7 +102,10 @@ async fn every_contract_code_maps_to_its_variant() {
 async fn routing_codes_are_invalid_requests() {
     let server = MockServer::start().await;
     let client = builder(&server).max_retries(0).build().unwrap();
-    for (code, status, message) in [("not_found", 404, "Not found"), ("method_not_allowed", 405, "Method not allowed")] {
+    for (code, status, message) in [
+        ("not_found", 404, "Not found"),
+        ("method_not_allowed", 405, "Method not allowed"),
+    ] {
         server.reset().await;
         Mock::given(method("POST"))
             .respond_with(api_error(status, code, message))
@@ -91,7 +113,10 @@ async fn routing_codes_are_invalid_requests() {
             .await;
         let error = call_error(&client, "verify-token").await;
         assert!(matches!(error, Error::InvalidRequest(_)), "{error:?}");
-        assert_eq!((error.code(), error.message(), error.status()), (code, message, Some(status)));
+        assert_eq!(
+            (error.code(), error.message(), error.status()),
+            (code, message, Some(status))
+        );
     }
 }
 

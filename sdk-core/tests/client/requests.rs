@@ -99,7 +99,10 @@ async fn verify_token_posts_token_and_app_key_and_reads_the_verification() {
     let requests = received(&server).await;
     assert_eq!(requests.len(), 1);
     assert_api_post(&requests[0], "/api/verify-token");
-    assert_eq!(json_body(&requests[0]), json!({"token": "tok_Ab3_-xYz", "app_key": APP_KEY}));
+    assert_eq!(
+        json_body(&requests[0]),
+        json!({"token": "tok_Ab3_-xYz", "app_key": APP_KEY})
+    );
 
     let user = &verification.user;
     assert_eq!(user.id, 123);
@@ -107,7 +110,10 @@ async fn verify_token_posts_token_and_app_key_and_reads_the_verification() {
     assert_eq!(user.name, None);
     let verified_at: DateTime<Utc> = Utc.with_ymd_and_hms(2025, 11, 13, 12, 30, 0).unwrap();
     assert_eq!(user.email_verified_at, verified_at);
-    assert_eq!(user.last_login_at, Utc.with_ymd_and_hms(2025, 11, 13, 12, 45, 0).unwrap());
+    assert_eq!(
+        user.last_login_at,
+        Utc.with_ymd_and_hms(2025, 11, 13, 12, 45, 0).unwrap()
+    );
     assert_eq!(verification.token, "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiIxMjMifQ.c2ln");
     assert_eq!(verification.redirect_url, "https://yourapp.com/dashboard");
 
@@ -144,28 +150,43 @@ async fn verify_token_reads_a_name_and_fractional_timestamps() {
 #[tokio::test]
 async fn the_user_agent_names_the_sdk_by_default_and_can_be_overridden() {
     let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(send_link_ok(900)).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(send_link_ok(900))
+        .mount(&server)
+        .await;
 
     client(&server).send_link("a@example.com", None).await.unwrap();
-    let custom = builder(&server).user_agent("my-app/2.1 (+ops@example.com)").build().unwrap();
+    let custom = builder(&server)
+        .user_agent("my-app/2.1 (+ops@example.com)")
+        .build()
+        .unwrap();
     custom.send_link("a@example.com", None).await.unwrap();
 
     let requests = received(&server).await;
     assert_eq!(requests.len(), 2);
     let default_agent = format!("magicauth-rust/{}", env!("CARGO_PKG_VERSION"));
     assert_eq!(header(&requests[0], "user-agent"), Some(default_agent.as_str()));
-    assert_eq!(header(&requests[1], "user-agent"), Some("my-app/2.1 (+ops@example.com)"));
+    assert_eq!(
+        header(&requests[1], "user-agent"),
+        Some("my-app/2.1 (+ops@example.com)")
+    );
 }
 
 #[tokio::test]
 async fn the_app_key_travels_only_in_the_body() {
     let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(send_link_ok(900)).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(send_link_ok(900))
+        .mount(&server)
+        .await;
     client(&server).send_link("a@example.com", None).await.unwrap();
     let request = &received(&server).await[0];
     assert!(!request.url.as_str().contains(APP_KEY), "{}", request.url);
     for (name, value) in &request.headers {
-        assert!(!value.as_bytes().windows(APP_KEY.len()).any(|w| w == APP_KEY.as_bytes()), "{name}");
+        assert!(
+            !value.as_bytes().windows(APP_KEY.len()).any(|w| w == APP_KEY.as_bytes()),
+            "{name}"
+        );
     }
 }
 
@@ -178,7 +199,10 @@ async fn a_trailing_slash_on_the_base_url_is_ignored() {
         .expect(1)
         .mount(&server)
         .await;
-    let client = builder(&server).base_url(format!("{}/api/", server.uri())).build().unwrap();
+    let client = builder(&server)
+        .base_url(format!("{}/api/", server.uri()))
+        .build()
+        .unwrap();
     assert_eq!(client.base_url(), format!("{}/api", server.uri()));
     client.send_link("a@example.com", None).await.unwrap();
 }
