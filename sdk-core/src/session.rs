@@ -147,7 +147,13 @@ impl SessionVerifier {
         }
         let may_fetch = !fresh || age.is_some_and(|a| a >= self.config.min_refresh);
         if may_fetch {
-            let set: JwkSet = client.get(&self.jwks_url, false).await?;
+            let set: JwkSet = match client.get(&self.jwks_url, false).await {
+                Ok(set) => set,
+                // The server is unreachable but the key is one it published:
+                // keep accepting it rather than failing every session.
+                Err(_) if cache.keys.contains_key(kid) => return Ok(cache.keys[kid].clone()),
+                Err(error) => return Err(error),
+            };
             cache.keys = set
                 .keys
                 .into_iter()
