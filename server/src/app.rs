@@ -19,7 +19,7 @@ use crate::http::{AppState, router};
 use crate::mail::{MailTransport, OutboxWorker, RetryPolicy, SmtpUrl};
 use crate::metrics::Metrics;
 use crate::session::SessionSigner;
-use crate::store::{self, DynStore, Retention};
+use crate::store::{self, DatabaseOptions, DynStore, Retention};
 
 /// Knobs that tests turn; production uses the defaults.
 #[derive(Clone)]
@@ -62,7 +62,7 @@ impl Application {
             }
             None => MailTransport::Directory(config.mail_dir.clone()),
         };
-        let store = open_store(&config.database_url).await?;
+        let store = open_store(&config.database()).await?;
         let signer = SessionSigner::load_or_create(store.as_ref(), options.clock.now_ms())
             .await
             .context("could not load the signing key")?;
@@ -91,7 +91,10 @@ impl Application {
             metrics: metrics.clone(),
             wake,
             clock: options.clock.clone(),
-            policy: options.retry,
+            policy: RetryPolicy {
+                lease: config.mail_lease.unwrap_or(options.retry.lease),
+                ..options.retry
+            },
         };
         Ok(Self {
             listener,
@@ -140,10 +143,10 @@ impl Application {
 }
 
 /// Opens the database and applies pending migrations.
-pub async fn open_store(url: &str) -> anyhow::Result<DynStore> {
-    let store = store::connect(url)
+pub async fn open_store(database: &DatabaseOptions) -> anyhow::Result<DynStore> {
+    let store = store::connect(database)
         .await
-        .with_context(|| format!("could not open the database {}", store::redact_url(url)))?;
+        .with_context(|| format!("could not open the database {}", store::redact_url(&database.url)))?;
     store.migrate().await.context("could not apply migrations")?;
     Ok(store)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::domain::parse_duration;
-use crate::store::Plan;
+use crate::store::{self, DatabaseOptions, Plan};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,7 +28,8 @@ pub struct Cli {
 /// Settings shared by every subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Database: `sqlite://PATH` (created if missing).
+    /// Database: `sqlite://PATH` (created if missing) or
+    /// `postgres://USER:PASS@HOST:PORT/DB` (`postgresql://` too; the database must exist).
     #[arg(
         long,
         env = "MAGICAUTH_DATABASE_URL",
@@ -37,6 +38,27 @@ pub struct Config {
         hide_env_values = true
     )]
     pub database_url: String,
+
+    /// Database connections each process keeps open at most.
+    #[arg(
+        long,
+        env = "MAGICAUTH_DATABASE_MAX_CONNECTIONS",
+        default_value_t = store::DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub database_max_connections: u32,
+
+    /// How long a request waits for a free database connection before it fails
+    /// with 500 (and /readyz with 503), e.g. 5s.
+    #[arg(
+        long,
+        env = "MAGICAUTH_DATABASE_ACQUIRE_TIMEOUT",
+        default_value = "10s",
+        value_parser = positive_duration_arg,
+        global = true
+    )]
+    pub database_acquire_timeout: Duration,
 
     /// Address to bind.
     #[arg(long, env = "MAGICAUTH_LISTEN", default_value = "127.0.0.1:8080", global = true)]
@@ -71,9 +93,24 @@ pub struct Config {
     /// Log format on stderr.
     #[arg(long, env = "MAGICAUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// How long a claimed email stays reserved for one mail worker: after a
+    /// crash, another replica delivers it once this has passed. Undocumented;
+    /// tests shorten it.
+    #[arg(long, env = "MAGICAUTH_MAIL_LEASE", value_parser = positive_duration_arg, global = true, hide = true)]
+    pub mail_lease: Option<Duration>,
 }
 
 impl Config {
+    /// The database URL and pool settings.
+    pub fn database(&self) -> DatabaseOptions {
+        DatabaseOptions {
+            url: self.database_url.clone(),
+            max_connections: self.database_max_connections,
+            acquire_timeout: self.database_acquire_timeout,
+        }
+    }
+
     /// The configured public URL without a trailing slash, or `http://<listen>`.
     pub fn public_url(&self, bound: SocketAddr) -> String {
         match &self.public_url {
@@ -182,6 +219,13 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
+fn positive_duration_arg(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("invalid duration `{s}`: must be more than 0s")),
+        d => Ok(d),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +260,29 @@ mod tests {
         };
         assert_eq!(create.redirect_urls.len(), 2);
         assert_eq!(create.token_ttl, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn pool_settings_have_defaults_and_flags() {
+        let cli = Cli::try_parse_from(["magicauth-server", "migrate"]).unwrap();
+        let db = cli.config.database();
+        assert_eq!(db.max_connections, store::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(db.acquire_timeout, store::DEFAULT_ACQUIRE_TIMEOUT);
+        let cli = Cli::try_parse_from([
+            "magicauth-server",
+            "serve",
+            "--database-max-connections",
+            "32",
+            "--database-acquire-timeout",
+            "3s",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.database().max_connections, 32);
+        assert_eq!(cli.config.database().acquire_timeout, Duration::from_secs(3));
+        assert!(Cli::try_parse_from(["magicauth-server", "--database-max-connections", "0"]).is_err());
+        assert!(Cli::try_parse_from(["magicauth-server", "--database-acquire-timeout", "0s"]).is_err());
+        let cli = Cli::try_parse_from(["magicauth-server", "--mail-lease", "3s"]).unwrap();
+        assert_eq!(cli.config.mail_lease, Some(Duration::from_secs(3)));
     }
 
     #[test]

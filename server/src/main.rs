@@ -32,12 +32,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run().await
         }
         Command::Migrate => {
-            app::open_store(&cli.config.database_url).await?;
+            app::open_store(&cli.config.database()).await?;
             println!("migrations applied");
             Ok(())
         }
         Command::Apps(command) => {
-            let store = app::open_store(&cli.config.database_url).await?;
+            let store = app::open_store(&cli.config.database()).await?;
             apps::run(store.as_ref(), command, &mut std::io::stdout()).await
         }
     }

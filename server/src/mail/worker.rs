@@ -76,7 +76,8 @@ impl OutboxWorker {
                 break;
             }
             let now = self.clock.now_ms();
-            let lease_until = now + i64::try_from(self.policy.lease.as_millis()).unwrap_or(i64::MAX / 2);
+            let lease_ms = i64::try_from(self.policy.lease.as_millis()).unwrap_or(i64::MAX / 4);
+            let lease_until = now + lease_ms;
             let batch = match self.store.claim_outbox(now, lease_until, self.policy.batch).await {
                 Ok(batch) => batch,
                 Err(error) => {
@@ -88,18 +89,18 @@ impl OutboxWorker {
             let mut pending = batch.into_iter();
             for mail in pending.by_ref() {
                 self.deliver(mail).await;
-                if shutdown.is_cancelled() {
+                // Once half the lease is spent, hand back the rest of the batch
+                // instead of starting deliveries that could outlast the lease
+                // and overlap another replica's claim of the same rows.
+                if shutdown.is_cancelled() || self.clock.now_ms() >= now + lease_ms / 2 {
                     break;
                 }
             }
             // Hand back what this worker claimed but will not send, so it goes out
-            // at once after a restart instead of waiting for the lease to lapse.
+            // at once (here, on another replica or after a restart) instead of
+            // waiting for the lease to lapse.
             for mail in pending {
-                if let Err(error) = self
-                    .store
-                    .outbox_retry(mail.id, self.clock.now_ms(), "released at shutdown")
-                    .await
-                {
+                if let Err(error) = self.store.outbox_release(mail.id, mail.lease_until).await {
                     tracing::warn!(%error, id = mail.id, "could not release an outbox row");
                 }
             }
@@ -130,7 +131,7 @@ impl OutboxWorker {
             Ok(()) => {
                 self.metrics.mail_delivered();
                 tracing::info!(id = mail.id, attempts = mail.attempts, "email delivered");
-                self.store.outbox_sent(mail.id, now).await
+                self.store.outbox_sent(mail.id, now).await.map(|()| true)
             }
             Err(error) => {
                 self.metrics.mail_failure();
@@ -138,7 +139,9 @@ impl OutboxWorker {
                 if error.permanent || age >= self.policy.give_up_after {
                     self.metrics.mail_given_up();
                     tracing::error!(id = mail.id, attempts = mail.attempts, error = %error.message, "email given up");
-                    self.store.outbox_given_up(mail.id, now, &error.message).await
+                    self.store
+                        .outbox_given_up(mail.id, mail.lease_until, now, &error.message)
+                        .await
                 } else {
                     let delay = self.policy.backoff(mail.attempts);
                     tracing::warn!(
@@ -149,14 +152,19 @@ impl OutboxWorker {
                         "email delivery failed; will retry"
                     );
                     let next = now + i64::try_from(delay.as_millis()).unwrap_or(60_000);
-                    self.store.outbox_retry(mail.id, next, &error.message).await
+                    self.store
+                        .outbox_retry(mail.id, mail.lease_until, next, &error.message)
+                        .await
                 }
             }
         };
-        if let Err(error) = outcome {
+        match outcome {
+            Ok(true) => {}
+            // The attempt outlasted the lease and another worker has the row now.
+            Ok(false) => tracing::warn!(id = mail.id, "lease lost during the attempt; the new holder retries"),
             // The lease runs out and the row is tried again: at worst a duplicate,
             // never a lost email.
-            tracing::error!(%error, id = mail.id, "could not record the delivery outcome");
+            Err(error) => tracing::error!(%error, id = mail.id, "could not record the delivery outcome"),
         }
     }
 

@@ -5,14 +5,17 @@
 //! mail outbox) lives here, and every operation that must be atomic is one
 //! method, so each backend can make it atomic in its own way.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::domain::SecretHash;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch, UTC.
@@ -21,14 +24,28 @@ pub type Millis = i64;
 /// Errors of the storage layer. Details are for logs, never for API clients.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    // The inner errors are in the message and deliberately not a `source`
+    // too, so that `{:#}` chains do not print them twice.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration error: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("unsupported database URL (expected sqlite://…): {0}")]
+    Migrate(sqlx::migrate::MigrateError),
+    #[error("unsupported database URL (expected sqlite://…, postgres://… or postgresql://…): {0}")]
     UnsupportedUrl(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -244,6 +261,9 @@ pub struct OutboxMail {
     pub created_at: Millis,
     /// Attempts including this one.
     pub attempts: i64,
+    /// The lease this claim holds: the row is this worker's until then, and
+    /// `locked_until = lease_until` tells that no other worker has claimed it since.
+    pub lease_until: Millis,
 }
 
 impl std::fmt::Debug for OutboxMail {
@@ -309,11 +329,25 @@ pub trait Store: Send + Sync + 'static {
     /// Concurrent callers all get the same key.
     async fn signing_key(&self, candidate: &SigningKeyRecord) -> StoreResult<SigningKeyRecord>;
 
-    /// Leases up to `limit` due emails until `lease_until`.
+    /// Leases up to `limit` due emails until `lease_until`; rows whose lease
+    /// has run out (a crashed worker's) are due again.
     async fn claim_outbox(&self, now: Millis, lease_until: Millis, limit: u32) -> StoreResult<Vec<OutboxMail>>;
+    /// Records a delivery (whoever holds the lease now: it went out).
     async fn outbox_sent(&self, id: i64, now: Millis) -> StoreResult<()>;
-    async fn outbox_retry(&self, id: i64, next_attempt_at: Millis, error: &str) -> StoreResult<()>;
-    async fn outbox_given_up(&self, id: i64, now: Millis, error: &str) -> StoreResult<()>;
+    /// Reschedules a failed email. Only while the lease is still `lease_until`:
+    /// false (and nothing written) when another worker has claimed it since.
+    async fn outbox_retry(
+        &self,
+        id: i64,
+        lease_until: Millis,
+        next_attempt_at: Millis,
+        error: &str,
+    ) -> StoreResult<bool>;
+    /// Gives an email up, under the same condition as `outbox_retry`.
+    async fn outbox_given_up(&self, id: i64, lease_until: Millis, now: Millis, error: &str) -> StoreResult<bool>;
+    /// Hands back a claimed email that was not attempted, so any worker can
+    /// take it at once, under the same condition as `outbox_retry`.
+    async fn outbox_release(&self, id: i64, lease_until: Millis) -> StoreResult<bool>;
     /// Emails waiting for delivery.
     async fn outbox_depth(&self) -> StoreResult<i64>;
 
@@ -323,23 +357,104 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
-/// Opens the store named by a database URL (`sqlite://…`).
-pub async fn connect(url: &str) -> StoreResult<DynStore> {
+/// Default size of the connection pool of each process.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+/// Default wait for a free pooled connection before a request fails.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the database is and how to pool connections to it.
+#[derive(Clone)]
+pub struct DatabaseOptions {
+    /// `sqlite://…`, `postgres://…` or `postgresql://…`.
+    pub url: String,
+    /// Connections this process keeps open at most.
+    pub max_connections: u32,
+    /// How long an operation waits for a free connection (or a new one to be
+    /// opened) before it fails.
+    pub acquire_timeout: Duration,
+}
+
+impl DatabaseOptions {
+    /// The URL with the default pool settings.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseOptions {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseOptions")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
+}
+
+/// Opens the store named by the database URL: SQLite for `sqlite:`,
+/// PostgreSQL for `postgres://` and `postgresql://`.
+pub async fn connect(options: &DatabaseOptions) -> StoreResult<DynStore> {
+    let url = options.url.as_str();
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
+        Ok(Arc::new(SqliteStore::connect(options).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(options).await?))
     } else {
         Err(StoreError::UnsupportedUrl(redact_url(url)))
     }
 }
 
-/// A database URL with any password replaced, for messages and logs.
+/// A database URL with any password replaced (in the userinfo or a
+/// `password=` query parameter), for messages and logs.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("****"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "<unparseable URL>".to_string(),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "<unparseable URL>".to_string();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("****"));
+    }
+    if parsed.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" {
+                    "****".to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_urls_hide_passwords() {
+        assert_eq!(
+            redact_url("postgres://magic:s3cret@db.internal:5432/magicauth?sslmode=require"),
+            "postgres://magic:****@db.internal:5432/magicauth?sslmode=require"
+        );
+        let redacted = redact_url("postgresql://db/magicauth?user=magic&password=s3cret&sslmode=verify-full");
+        assert!(!redacted.contains("s3cret"), "{redacted}");
+        assert!(redacted.contains("sslmode=verify-full"), "{redacted}");
+        assert_eq!(redact_url("sqlite://magicauth.db"), "sqlite://magicauth.db");
+        assert_eq!(redact_url("not a url"), "<unparseable URL>");
+    }
+
+    #[test]
+    fn database_options_debug_hides_the_password() {
+        let options = DatabaseOptions::new("postgres://magic:s3cret@db/magicauth");
+        assert!(!format!("{options:?}").contains("s3cret"));
     }
 }

@@ -24,8 +24,8 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at a `sqlite://` URL.
-    pub async fn connect(url: &str) -> StoreResult<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
+    pub async fn connect(database: &DatabaseOptions) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(&database.url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a link is answered only once its email is durable, even
@@ -34,8 +34,8 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(database.max_connections)
+            .acquire_timeout(database.acquire_timeout)
             .connect_with(options)
             .await?;
         Ok(Self { pool })
@@ -445,6 +445,7 @@ impl Store for SqliteStore {
                     html_body: row.try_get::<Option<String>, _>("html_body")?.unwrap_or_default(),
                     created_at: row.try_get("created_at")?,
                     attempts: row.try_get("attempts")?,
+                    lease_until,
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
@@ -464,27 +465,51 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn outbox_retry(&self, id: i64, next_attempt_at: Millis, error: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE outbox SET next_attempt_at = ?1, locked_until = NULL, last_error = ?2 WHERE id = ?3")
-            .bind(next_attempt_at)
-            .bind(error)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    async fn outbox_retry(
+        &self,
+        id: i64,
+        lease_until: Millis,
+        next_attempt_at: Millis,
+        error: &str,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE outbox SET next_attempt_at = ?1, locked_until = NULL, last_error = ?2
+             WHERE id = ?3 AND locked_until = ?4",
+        )
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(id)
+        .bind(lease_until)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
-    async fn outbox_given_up(&self, id: i64, now: Millis, error: &str) -> StoreResult<()> {
-        sqlx::query(
+    async fn outbox_given_up(&self, id: i64, lease_until: Millis, now: Millis, error: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
             "UPDATE outbox SET failed_at = ?1, locked_until = NULL, last_error = ?2, text_body = NULL, html_body = NULL
-             WHERE id = ?3",
+             WHERE id = ?3 AND locked_until = ?4",
         )
         .bind(now)
         .bind(error)
         .bind(id)
+        .bind(lease_until)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn outbox_release(&self, id: i64, lease_until: Millis) -> StoreResult<bool> {
+        // Not attempted: the claim's count of the attempt is taken back.
+        let done = sqlx::query(
+            "UPDATE outbox SET locked_until = NULL, attempts = attempts - 1
+             WHERE id = ?1 AND locked_until = ?2 AND sent_at IS NULL AND failed_at IS NULL",
+        )
+        .bind(id)
+        .bind(lease_until)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn outbox_depth(&self) -> StoreResult<i64> {

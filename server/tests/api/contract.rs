@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, assert_error, json_of, token_of};
+use crate::support::{Backend, TestApp, assert_error, backend_tests, json_of, token_of};
 
 const CALLBACK: &str = "https://app.example.com/auth/callback";
 
@@ -25,9 +25,9 @@ async fn raw_post(
     request.send().await.expect("request sent")
 }
 
-#[tokio::test]
-async fn send_link_and_verify_round_trip() {
-    let app = TestApp::spawn().await;
+backend_tests!(send_link_and_verify_round_trip);
+async fn send_link_and_verify_round_trip(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (app_id, key) = app.create_app(&["--name", "Acme"]).await;
     let response = app.send_link(&key, "  User@Example.com ", None).await;
     assert_eq!(response.status(), 200);
@@ -114,9 +114,9 @@ async fn check_jwt(app: &TestApp, jwt: &str) -> Value {
     serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap()
 }
 
-#[tokio::test]
-async fn malformed_bodies_are_invalid_request() {
-    let app = TestApp::spawn().await;
+backend_tests!(malformed_bodies_are_invalid_request);
+async fn malformed_bodies_are_invalid_request(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     let json_ct = Some("application/json");
     for path in ["/api/send-link", "/api/verify-token"] {
@@ -161,9 +161,9 @@ async fn malformed_bodies_are_invalid_request() {
     }
 }
 
-#[tokio::test]
-async fn bad_email_and_url_are_invalid_request() {
-    let app = TestApp::spawn().await;
+backend_tests!(bad_email_and_url_are_invalid_request);
+async fn bad_email_and_url_are_invalid_request(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     let long_local = format!("{}@example.com", "a".repeat(250));
     for email in [
@@ -200,9 +200,9 @@ async fn bad_email_and_url_are_invalid_request() {
     assert!(app.smtp.messages().await.is_empty(), "no email for rejected requests");
 }
 
-#[tokio::test]
-async fn app_key_errors() {
-    let app = TestApp::spawn().await;
+backend_tests!(app_key_errors);
+async fn app_key_errors(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (app_id, key) = app.create_app(&[]).await;
     for bad in [
         "",
@@ -230,9 +230,9 @@ async fn app_key_errors() {
     assert_eq!(app.send_link(new_key, "b@example.com", None).await.status(), 200);
 }
 
-#[tokio::test]
-async fn checks_run_in_the_documented_order() {
-    let app = TestApp::spawn().await;
+backend_tests!(checks_run_in_the_documented_order);
+async fn checks_run_in_the_documented_order(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (limited_id, limited) = app.create_app(&["--plan", "custom", "--burst", "1"]).await;
     // Shape before key.
     assert_error(
@@ -277,9 +277,9 @@ async fn checks_run_in_the_documented_order() {
     .await;
 }
 
-#[tokio::test]
-async fn early_rejections_do_not_count_against_the_limit() {
-    let app = TestApp::spawn().await;
+backend_tests!(early_rejections_do_not_count_against_the_limit);
+async fn early_rejections_do_not_count_against_the_limit(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (app_id, key) = app.create_app(&["--burst", "2"]).await;
     for _ in 0..5 {
         assert_error(
@@ -306,9 +306,9 @@ async fn early_rejections_do_not_count_against_the_limit() {
     assert_eq!(first.headers()["ratelimit-remaining"], "1");
 }
 
-#[tokio::test]
-async fn redirect_allow_list_matching() {
-    let app = TestApp::spawn().await;
+backend_tests!(redirect_allow_list_matching);
+async fn redirect_allow_list_matching(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app
         .create_app(&[
             "--plan",
@@ -387,9 +387,9 @@ async fn redirect_allow_list_matching() {
     assert_eq!(app.wait_for_mail(allowed.len()).await.len(), allowed.len());
 }
 
-#[tokio::test]
-async fn the_link_carries_the_token_in_the_redirect_query() {
-    let app = TestApp::spawn().await;
+backend_tests!(the_link_carries_the_token_in_the_redirect_query);
+async fn the_link_carries_the_token_in_the_redirect_query(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&["--redirect-url", "https://a.example.com/cb"]).await;
     let target = "https://a.example.com/cb?next=%2Fdash&magic_token=old&lang=en";
     assert_eq!(app.send_link(&key, "q@example.com", Some(target)).await.status(), 200);
@@ -409,9 +409,9 @@ async fn the_link_carries_the_token_in_the_redirect_query() {
     assert_eq!(body["redirect_url"], json!(target));
 }
 
-#[tokio::test]
-async fn token_errors() {
-    let app = TestApp::spawn().await;
+backend_tests!(token_errors);
+async fn token_errors(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     for bad in ["", "short", "!!!!", &"A".repeat(43), &"x".repeat(5000)] {
         let message = assert_error(app.verify(&key, bad).await, 400, "invalid_token").await;
@@ -419,9 +419,9 @@ async fn token_errors() {
     }
 }
 
-#[tokio::test]
-async fn expired_tokens_are_token_expired_even_unused() {
-    let app = TestApp::spawn().await;
+backend_tests!(expired_tokens_are_token_expired_even_unused);
+async fn expired_tokens_are_token_expired_even_unused(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&["--token-ttl", "10m"]).await;
     let response = app.send_link(&key, "e@example.com", None).await;
     assert_eq!(json_of(response).await.1["expires_in"], json!(600));
@@ -433,9 +433,9 @@ async fn expired_tokens_are_token_expired_even_unused() {
     assert_error(app.verify(&key, &token).await, 400, "token_expired").await;
 }
 
-#[tokio::test]
-async fn default_ttl_is_fifteen_minutes() {
-    let app = TestApp::spawn().await;
+backend_tests!(default_ttl_is_fifteen_minutes);
+async fn default_ttl_is_fifteen_minutes(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     let token = app.request_token(&key, "t@example.com").await;
     app.clock.advance(14 * 60 * 1000);
@@ -449,9 +449,9 @@ async fn default_ttl_is_fifteen_minutes() {
     );
 }
 
-#[tokio::test]
-async fn a_token_of_another_app_is_invalid_and_stays_unused() {
-    let app = TestApp::spawn().await;
+backend_tests!(a_token_of_another_app_is_invalid_and_stays_unused);
+async fn a_token_of_another_app_is_invalid_and_stays_unused(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key_a) = app.create_app(&[]).await;
     let (_, key_b) = app.create_app(&[]).await;
     let token = app.request_token(&key_a, "x@example.com").await;
@@ -463,9 +463,9 @@ async fn a_token_of_another_app_is_invalid_and_stays_unused() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_verifies_of_one_token_succeed_exactly_once() {
-    let app = Arc::new(TestApp::spawn().await);
+backend_tests!(concurrent_verifies_of_one_token_succeed_exactly_once);
+async fn concurrent_verifies_of_one_token_succeed_exactly_once(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(&backend).await);
     let (_, key) = app.create_app(&[]).await;
     let token = app.request_token(&key, "race@example.com").await;
     let mut tasks = tokio::task::JoinSet::new();
@@ -486,9 +486,9 @@ async fn concurrent_verifies_of_one_token_succeed_exactly_once() {
     assert_eq!((ok, used), (1, 31));
 }
 
-#[tokio::test]
-async fn users_are_per_app_and_case_insensitive() {
-    let app = TestApp::spawn().await;
+backend_tests!(users_are_per_app_and_case_insensitive);
+async fn users_are_per_app_and_case_insensitive(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key_a) = app.create_app(&[]).await;
     let (_, key_b) = app.create_app(&[]).await;
     let t1 = app.request_token(&key_a, "Mixed.Case@Example.COM").await;
@@ -511,9 +511,9 @@ async fn users_are_per_app_and_case_insensitive() {
     assert_ne!(other["user"]["id"], first["user"]["id"], "another app, another user");
 }
 
-#[tokio::test]
-async fn several_unused_links_for_one_email_are_each_valid_once() {
-    let app = TestApp::spawn().await;
+backend_tests!(several_unused_links_for_one_email_are_each_valid_once);
+async fn several_unused_links_for_one_email_are_each_valid_once(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     let t1 = app.request_token(&key, "multi@example.com").await;
     let t2 = app.request_token(&key, "multi@example.com").await;
@@ -523,9 +523,9 @@ async fn several_unused_links_for_one_email_are_each_valid_once() {
     assert_error(app.verify(&key, &t1).await, 400, "token_used").await;
 }
 
-#[tokio::test]
-async fn rate_limit_headers_and_burst() {
-    let app = TestApp::spawn().await;
+backend_tests!(rate_limit_headers_and_burst);
+async fn rate_limit_headers_and_burst(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&["--plan", "custom", "--burst", "3"]).await;
     for i in 0..3u32 {
         let response = app.send_link(&key, &format!("r{i}@example.com"), None).await;
@@ -549,9 +549,9 @@ async fn rate_limit_headers_and_burst() {
     assert_eq!(app.wait_for_mail(4).await.len(), 4);
 }
 
-#[tokio::test]
-async fn free_plan_burst_is_one_hundred() {
-    let app = TestApp::spawn().await;
+backend_tests!(free_plan_burst_is_one_hundred);
+async fn free_plan_burst_is_one_hundred(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     let response = app.send_link(&key, "f@example.com", None).await;
     // The per-email window (5) is the closer one here, so check the app's by the limit of a fresh email.
@@ -569,9 +569,9 @@ async fn free_plan_burst_is_one_hundred() {
     assert_eq!(last, Some(429));
 }
 
-#[tokio::test]
-async fn five_links_per_email_per_fifteen_minutes() {
-    let app = TestApp::spawn().await;
+backend_tests!(five_links_per_email_per_fifteen_minutes);
+async fn five_links_per_email_per_fifteen_minutes(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     for _ in 0..5 {
         assert_eq!(app.send_link(&key, "same@example.com", None).await.status(), 200);
@@ -585,9 +585,9 @@ async fn five_links_per_email_per_fifteen_minutes() {
     assert_eq!(app.send_link(&key, "same@example.com", None).await.status(), 200);
 }
 
-#[tokio::test]
-async fn monthly_quota() {
-    let app = TestApp::spawn().await;
+backend_tests!(monthly_quota);
+async fn monthly_quota(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&["--monthly-limit", "2"]).await;
     assert_eq!(app.send_link(&key, "m1@example.com", None).await.status(), 200);
     assert_eq!(app.send_link(&key, "m2@example.com", None).await.status(), 200);
@@ -604,9 +604,9 @@ async fn monthly_quota() {
     assert_error(app.send_link(&zero, "z@example.com", None).await, 429, "quota_exceeded").await;
 }
 
-#[tokio::test]
-async fn idempotent_replays() {
-    let app = TestApp::spawn().await;
+backend_tests!(idempotent_replays);
+async fn idempotent_replays(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     let body = json!({"email": "idem@example.com", "app_key": key});
     let send = |idem: &'static str, body: Value| {
@@ -670,9 +670,44 @@ async fn idempotent_replays() {
     }
 }
 
-#[tokio::test]
-async fn rate_limited_responses_are_not_replayed() {
-    let app = TestApp::spawn().await;
+backend_tests!(idempotency_keys_are_forgotten_after_a_day);
+async fn idempotency_keys_are_forgotten_after_a_day(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let (_, key) = app.create_app(&[]).await;
+    let send = |email: &str| {
+        let request = app
+            .http
+            .post(format!("{}/api/send-link", app.base))
+            .header("Idempotency-Key", "daily")
+            .json(&json!({"email": email, "app_key": key}));
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(send("first@example.com").await.status(), 200);
+    assert_error(send("second@example.com").await, 400, "invalid_request").await;
+    // A day later the key is free again, even for another request.
+    app.clock.advance(24 * 3600 * 1000 + 1000);
+    let response = send("second@example.com").await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("idempotent-replayed").is_none());
+    // ...and the new request is the one replayed from now on.
+    assert_eq!(
+        send("second@example.com")
+            .await
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    assert_error(send("first@example.com").await, 400, "invalid_request").await;
+    let mails = app.wait_for_mail(2).await;
+    let mut to: Vec<&str> = mails.iter().map(|m| m.to[0].as_str()).collect();
+    to.sort();
+    assert_eq!(to, ["first@example.com", "second@example.com"]);
+}
+
+backend_tests!(rate_limited_responses_are_not_replayed);
+async fn rate_limited_responses_are_not_replayed(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&["--burst", "1"]).await;
     assert_eq!(app.send_link(&key, "a@example.com", None).await.status(), 200);
     let send = || {
@@ -688,9 +723,9 @@ async fn rate_limited_responses_are_not_replayed() {
     assert_eq!(send().await.status(), 200, "the retry after Retry-After goes through");
 }
 
-#[tokio::test]
-async fn oversize_bodies_get_413() {
-    let app = TestApp::spawn().await;
+backend_tests!(oversize_bodies_get_413);
+async fn oversize_bodies_get_413(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     let big = json!({"email": "a@example.com", "app_key": key, "pad": "x".repeat(17 * 1024)}).to_string();
     for path in ["/api/send-link", "/api/verify-token"] {
@@ -711,9 +746,9 @@ async fn oversize_bodies_get_413() {
     );
 }
 
-#[tokio::test]
-async fn unknown_routes_and_methods() {
-    let app = TestApp::spawn().await;
+backend_tests!(unknown_routes_and_methods);
+async fn unknown_routes_and_methods(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     for path in ["/", "/api", "/api/send-links", "/api/verify-token/x"] {
         let response = app.http.get(format!("{}{path}", app.base)).send().await.unwrap();
         assert_error(response, 404, "not_found").await;
@@ -734,13 +769,12 @@ async fn unknown_routes_and_methods() {
     }
 }
 
-#[tokio::test]
-async fn internal_errors_leak_nothing() {
-    let app = TestApp::spawn().await;
+backend_tests!(internal_errors_leak_nothing);
+async fn internal_errors_leak_nothing(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     // Break the database under the running server.
-    let pool = sqlx::SqlitePool::connect(&app.db_url).await.unwrap();
-    sqlx::query("DROP TABLE magic_links").execute(&pool).await.unwrap();
+    app.db.execute("DROP TABLE magic_links").await;
     let response = app.send_link(&key, "a@example.com", None).await;
     let text = response.text().await.unwrap();
     let body: Value = serde_json::from_str(&text).unwrap();
@@ -753,9 +787,25 @@ async fn internal_errors_leak_nothing() {
     assert_error(verify, 500, "internal_error").await;
 }
 
+/// `/readyz` is what a load balancer asks: 503 once the database is gone,
+/// while `/healthz` (liveness) still answers.
 #[tokio::test]
-async fn operator_endpoints() {
-    let app = TestApp::spawn().await;
+async fn readyz_fails_when_the_database_is_gone() {
+    let Some(backend) = Backend::postgres() else { return };
+    let app = TestApp::spawn(&backend).await;
+    let get = |path: &'static str| {
+        let request = app.http.get(format!("{}{path}", app.base));
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(get("/readyz").await, 200);
+    app.db.drop_now().await;
+    assert_eq!(get("/readyz").await, 503);
+    assert_eq!(get("/healthz").await, 200);
+}
+
+backend_tests!(operator_endpoints);
+async fn operator_endpoints(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     let token = app.request_token(&key, "ops@example.com").await;
     app.verify(&key, &token).await;
@@ -793,9 +843,9 @@ async fn operator_endpoints() {
     assert!(codes.contains("token_used") && codes.contains("quota_exceeded"));
 }
 
-#[tokio::test]
-async fn responses_never_contain_secrets() {
-    let app = TestApp::spawn().await;
+backend_tests!(responses_never_contain_secrets);
+async fn responses_never_contain_secrets(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     let token = app.request_token(&key, "s@example.com").await;
     let mut seen = String::new();
@@ -812,9 +862,9 @@ async fn responses_never_contain_secrets() {
     assert!(!seen.contains(&token));
 }
 
-#[tokio::test]
-async fn concurrent_duplicates_of_one_idempotency_key_send_one_email() {
-    let app = Arc::new(TestApp::spawn().await);
+backend_tests!(concurrent_duplicates_of_one_idempotency_key_send_one_email);
+async fn concurrent_duplicates_of_one_idempotency_key_send_one_email(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(&backend).await);
     let (_, key) = app.create_app(&[]).await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
@@ -839,9 +889,9 @@ async fn concurrent_duplicates_of_one_idempotency_key_send_one_email() {
     assert_eq!(app.smtp.messages().await.len(), 1);
 }
 
-#[tokio::test]
-async fn app_info_describes_the_key_holder_app() {
-    let app = TestApp::spawn().await;
+backend_tests!(app_info_describes_the_key_holder_app);
+async fn app_info_describes_the_key_holder_app(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (app_id, key) = app.create_app(&["--name", "Described"]).await;
     let get = |auth: Option<String>| {
         let mut request = app.http.get(format!("{}/api/app", app.base));

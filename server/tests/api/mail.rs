@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::support::smtp::SinkMode;
-use crate::support::{Spawn, TestApp, token_of};
+use crate::support::{Backend, Spawn, TestApp, backend_tests, token_of};
 
 async fn settle() {
     // Long enough for a duplicate delivery to show up if there were one.
@@ -22,9 +22,9 @@ fn count_by_recipient(mails: &[crate::support::smtp::ReceivedMail]) -> HashMap<S
     counts
 }
 
-#[tokio::test]
-async fn links_requested_during_an_smtp_outage_arrive_once_it_is_back() {
-    let mut app = TestApp::spawn().await;
+backend_tests!(links_requested_during_an_smtp_outage_arrive_once_it_is_back);
+async fn links_requested_during_an_smtp_outage_arrive_once_it_is_back(backend: Backend) {
+    let mut app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     app.smtp.stop().await;
     for i in 0..5 {
@@ -65,9 +65,9 @@ async fn links_requested_during_an_smtp_outage_arrive_once_it_is_back() {
     assert!(failures >= 1, "outage attempts are counted");
 }
 
-#[tokio::test]
-async fn temporary_smtp_failures_are_retried() {
-    let app = TestApp::spawn().await;
+backend_tests!(temporary_smtp_failures_are_retried);
+async fn temporary_smtp_failures_are_retried(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     app.smtp.set_mode(SinkMode::TempFail);
     assert_eq!(app.send_link(&key, "tempfail@example.com", None).await.status(), 200);
@@ -83,9 +83,9 @@ async fn temporary_smtp_failures_are_retried() {
     assert_eq!(mails[0].to, vec!["tempfail@example.com".to_string()]);
 }
 
-#[tokio::test]
-async fn queued_mail_survives_a_restart() {
-    let mut first = TestApp::spawn().await;
+backend_tests!(queued_mail_survives_a_restart);
+async fn queued_mail_survives_a_restart(backend: Backend) {
+    let mut first = TestApp::spawn(&backend).await;
     let (_, key) = first.create_app(&[]).await;
     first.smtp.stop().await;
     for i in 0..3 {
@@ -97,13 +97,16 @@ async fn queued_mail_survives_a_restart() {
             200
         );
     }
-    let (dir, mut smtp) = first.stop().await;
+    let (db, mut smtp) = first.stop().await;
     smtp.restart().await;
-    let second = TestApp::spawn_with(Spawn {
-        dir: Some(dir),
-        smtp: Some(smtp),
-        ..Spawn::default()
-    })
+    let second = TestApp::spawn_with(
+        &backend,
+        Spawn {
+            db: Some(db),
+            smtp: Some(smtp),
+            ..Spawn::default()
+        },
+    )
     .await;
     let mails = second.wait_for_mail(3).await;
     settle().await;
@@ -116,12 +119,15 @@ async fn queued_mail_survives_a_restart() {
     }
 }
 
-#[tokio::test]
-async fn sponsor_footer_only_for_free_plan_apps() {
-    let app = TestApp::spawn_with(Spawn {
-        sponsor_footer: Some("Sent free by MagicAuth Sponsors".into()),
-        ..Spawn::default()
-    })
+backend_tests!(sponsor_footer_only_for_free_plan_apps);
+async fn sponsor_footer_only_for_free_plan_apps(backend: Backend) {
+    let app = TestApp::spawn_with(
+        &backend,
+        Spawn {
+            sponsor_footer: Some("Sent free by MagicAuth Sponsors".into()),
+            ..Spawn::default()
+        },
+    )
     .await;
     let (_, free) = app.create_app(&["--name", "Free App"]).await;
     let (_, custom) = app.create_app(&["--name", "Custom App", "--plan", "custom"]).await;
@@ -145,14 +151,13 @@ async fn sponsor_footer_only_for_free_plan_apps() {
     }
 }
 
-#[tokio::test]
-async fn mail_dir_mode_writes_eml_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let mail_dir = dir.path().join("mail");
-    let db_url = format!("sqlite://{}", dir.path().join("m.db").display());
+backend_tests!(mail_dir_mode_writes_eml_files);
+async fn mail_dir_mode_writes_eml_files(backend: Backend) {
+    let db = backend.database().await;
+    let mail_dir = db.path().join("mail");
     let config = crate::support::config(&[
         "--database-url",
-        &db_url,
+        &db.url,
         "--listen",
         "127.0.0.1:0",
         "--mail-dir",
@@ -219,22 +224,25 @@ async fn mail_dir_mode_writes_eml_files() {
     handle.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn smtp_scheme_falls_back_to_plain_when_starttls_is_not_offered() {
+backend_tests!(smtp_scheme_falls_back_to_plain_when_starttls_is_not_offered);
+async fn smtp_scheme_falls_back_to_plain_when_starttls_is_not_offered(backend: Backend) {
     // `smtp://` uses STARTTLS when the relay offers it; the test relay does not.
-    let app = TestApp::spawn_with(Spawn {
-        smtp_scheme: Some("smtp"),
-        ..Spawn::default()
-    })
+    let app = TestApp::spawn_with(
+        &backend,
+        Spawn {
+            smtp_scheme: Some("smtp"),
+            ..Spawn::default()
+        },
+    )
     .await;
     let (_, key) = app.create_app(&[]).await;
     let token = app.request_token(&key, "starttls@example.com").await;
     assert_eq!(app.verify(&key, &token).await.status(), 200);
 }
 
-#[tokio::test]
-async fn delivery_is_given_up_after_a_day_of_failures() {
-    let mut app = TestApp::spawn().await;
+backend_tests!(delivery_is_given_up_after_a_day_of_failures);
+async fn delivery_is_given_up_after_a_day_of_failures(backend: Backend) {
+    let mut app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     app.smtp.stop().await;
     assert_eq!(app.send_link(&key, "never@example.com", None).await.status(), 200);
@@ -271,4 +279,88 @@ async fn delivery_is_given_up_after_a_day_of_failures() {
         app.smtp.messages().await.is_empty(),
         "a given-up email is not sent later"
     );
+}
+
+backend_tests!(an_outbox_lease_belongs_to_one_worker);
+/// The store alone, with explicit times: a lapsed lease can be claimed by
+/// another worker, after which the first one can no longer reschedule, give
+/// up or release the email.
+async fn an_outbox_lease_belongs_to_one_worker(backend: Backend) {
+    use magicauth_server::domain::{AppKey, MagicToken};
+    use magicauth_server::store::{AppRecord, DatabaseOptions, NewApp, NewLink, NewMail, Plan};
+
+    let db = backend.database().await;
+    let store = magicauth_server::app::open_store(&DatabaseOptions::new(db.url.clone()))
+        .await
+        .expect("store");
+    let record = AppRecord {
+        id: "app_lease".into(),
+        name: "Lease".into(),
+        plan: Plan::Free,
+        burst: 100,
+        monthly_limit: None,
+        token_ttl_s: 900,
+        session_ttl_s: 3600,
+        redirect_urls: vec!["https://app.example.com/cb".into()],
+        disabled: false,
+        created_at: 0,
+    };
+    store
+        .create_app(&NewApp {
+            record,
+            key_hash: AppKey::generate().hash(),
+        })
+        .await
+        .expect("app");
+    let link = NewLink {
+        token_hash: MagicToken::generate().hash(),
+        app_id: "app_lease".into(),
+        email: "lease@example.com".into(),
+        redirect_url: "https://app.example.com/cb".into(),
+        created_at: 0,
+        expires_at: 900_000,
+    };
+    let mail = NewMail {
+        app_id: "app_lease".into(),
+        recipient: "lease@example.com".into(),
+        message_id: "lease@localhost".into(),
+        subject: "Lease".into(),
+        text_body: "text".into(),
+        html_body: "<p>html</p>".into(),
+        created_at: 0,
+    };
+    store.create_link(&link, &mail, "1970-01", None).await.expect("link");
+
+    let first = store.claim_outbox(10, 100, 8).await.expect("claim");
+    assert_eq!(first.len(), 1);
+    let id = first[0].id;
+    assert_eq!((first[0].attempts, first[0].lease_until), (1, 100));
+    assert!(
+        store.claim_outbox(99, 199, 8).await.expect("claim").is_empty(),
+        "leased"
+    );
+    // The first worker stalls past its lease; a second one takes the email.
+    let second = store.claim_outbox(100, 200, 8).await.expect("claim");
+    assert_eq!(second.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(), [(id, 2)]);
+    assert!(!store.outbox_retry(id, 100, 150, "late").await.expect("retry"));
+    assert!(!store.outbox_given_up(id, 100, 150, "late").await.expect("give up"));
+    assert!(!store.outbox_release(id, 100).await.expect("release"));
+    assert!(
+        store.claim_outbox(150, 250, 8).await.expect("claim").is_empty(),
+        "still the second's"
+    );
+    // The holder hands it back unattempted: due at once, the attempt not counted.
+    assert!(store.outbox_release(id, 200).await.expect("release"));
+    let third = store.claim_outbox(160, 260, 8).await.expect("claim");
+    assert_eq!(third.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(), [(id, 2)]);
+    assert!(store.outbox_retry(id, 260, 1000, "relay down").await.expect("retry"));
+    assert!(
+        store.claim_outbox(999, 1100, 8).await.expect("claim").is_empty(),
+        "backing off"
+    );
+    let fourth = store.claim_outbox(1000, 1100, 8).await.expect("claim");
+    assert_eq!(fourth.len(), 1);
+    store.outbox_sent(id, 1010).await.expect("sent");
+    assert_eq!(store.outbox_depth().await.expect("depth"), 0);
+    assert!(store.claim_outbox(5000, 6000, 8).await.expect("claim").is_empty());
 }

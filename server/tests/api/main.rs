@@ -6,4 +6,5 @@ mod support;
 mod contract;
 mod mail;
 mod process;
+mod replicas;
 mod smtp_sink;

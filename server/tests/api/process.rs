@@ -1,449 +1,24 @@
 //! The real `magicauth-server` binary, run as a subprocess: the CLI contract,
 //! `apps …` changes reaching a live `serve`, durable mail across SIGKILL,
 //! graceful shutdown on SIGTERM, and secrets never reaching the logs.
-//!
-//! Every run gets its own temp dir, explicit `--database-url`, `--listen` and
-//! mail settings, and no inherited `MAGICAUTH_*` or `RUST_LOG` variables.
-//! Every wait has a deadline; every child is killed when its guard drops.
 
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tempfile::TempDir;
-use tokio::process::{Child, Command};
 
-use crate::support::smtp::{ReceivedMail, SmtpSink};
-use crate::support::token_of;
-
-const BIN: &str = env!("CARGO_BIN_EXE_magicauth-server");
-const REDIRECT: &str = "https://app.example.com/auth/callback";
-/// Upper bound for one CLI invocation.
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-/// Upper bound for `serve` to exit after a signal.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upper bound for emails to arrive.
-const MAIL_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
-}
-
-/// A distinct address per call, so the per-email rate limit never interferes.
-fn fresh_email() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!("user{}@example.com", N.fetch_add(1, Ordering::SeqCst))
-}
-
-/// The binary, run in `dir`, without inherited MagicAuth configuration.
-fn command(dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        let inherited = name
-            .to_str()
-            .is_some_and(|n| n.starts_with("MAGICAUTH_") || n == "RUST_LOG");
-        if inherited {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.current_dir(dir).stdin(Stdio::null()).kill_on_drop(true);
-    cmd
-}
-
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Output {
-    fn assert_success(&self, what: &str) {
-        assert!(
-            self.status.success(),
-            "{what}: exit {:?}\nstdout: {}\nstderr: {}",
-            self.status,
-            self.stdout,
-            self.stderr
-        );
-    }
-
-    fn assert_failure(&self, what: &str) {
-        assert!(
-            !self.status.success() && self.status.code().is_some(),
-            "{what} should fail with an exit code: {:?}\nstdout: {}",
-            self.status,
-            self.stdout
-        );
-        assert!(!self.stderr.trim().is_empty(), "{what}: no message on stderr");
-    }
-
-    /// The one line of `{"app_id": …, "app_key": …}` on stdout.
-    fn credentials(&self) -> (String, String) {
-        assert_eq!(self.stdout.lines().count(), 1, "exactly one line: {:?}", self.stdout);
-        let v: Value = serde_json::from_str(self.stdout.trim()).expect("a JSON object");
-        let object = v.as_object().expect("a JSON object");
-        assert_eq!(object.len(), 2, "only app_id and app_key: {v}");
-        let id = v["app_id"].as_str().expect("app_id").to_owned();
-        let key = v["app_key"].as_str().expect("app_key").to_owned();
-        assert!(id.starts_with("app_"), "{id}");
-        assert!(key.starts_with("mk_") && key.len() >= 35, "{key}");
-        (id, key)
-    }
-}
-
-async fn output_of(mut cmd: Command) -> Output {
-    let out = tokio::time::timeout(CLI_TIMEOUT, cmd.output())
-        .await
-        .expect("the command finished in time")
-        .expect("the command ran");
-    Output {
-        status: out.status,
-        stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
-    }
-}
-
-/// One temp dir with one database.
-struct Sandbox {
-    dir: TempDir,
-    db_url: String,
-}
-
-impl Sandbox {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db_url = format!("sqlite://{}", dir.path().join("x.db").display());
-        Self { dir, db_url }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn mail_dir(&self) -> PathBuf {
-        self.path().join("mail")
-    }
-
-    /// Runs the binary with `--database-url` and `args`.
-    async fn run(&self, args: &[&str]) -> Output {
-        self.run_env(args, &[]).await
-    }
-
-    async fn run_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
-        let mut cmd = command(self.path());
-        cmd.arg("--database-url").arg(&self.db_url).args(args);
-        cmd.envs(envs.iter().copied());
-        output_of(cmd).await
-    }
-
-    async fn apps(&self, args: &[&str]) -> Output {
-        let mut argv = vec!["apps"];
-        argv.extend_from_slice(args);
-        self.run(&argv).await
-    }
-
-    /// `apps create --json` with `extra` flags; returns (app_id, app_key).
-    async fn create_app(&self, extra: &[&str]) -> (String, String) {
-        let mut args = vec!["create", "--name", "Process Test", "--json"];
-        if !extra.contains(&"--redirect-url") {
-            args.extend(["--redirect-url", REDIRECT]);
-        }
-        args.extend_from_slice(extra);
-        let out = self.apps(&args).await;
-        out.assert_success("apps create");
-        out.credentials()
-    }
-
-    /// `apps list --json`, parsed.
-    async fn list(&self) -> Vec<Value> {
-        let out = self.apps(&["list", "--json"]).await;
-        out.assert_success("apps list --json");
-        assert_eq!(out.stdout.lines().count(), 1, "one line: {:?}", out.stdout);
-        serde_json::from_str::<Value>(&out.stdout)
-            .expect("JSON")
-            .as_array()
-            .expect("a JSON array")
-            .clone()
-    }
-}
-
-/// Where `serve` sends its email.
-enum Mail<'a> {
-    /// `--mail-dir <sandbox>/mail`.
-    Dir,
-    /// `--smtp-url <url>`.
-    Smtp(&'a str),
-    /// `MAGICAUTH_SMTP_URL=<url>` in the environment (and no flag).
-    SmtpEnv(&'a str),
-}
-
-/// A running `serve`; killed (SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    pid: u32,
-    base: String,
-    http: reqwest::Client,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Harmless when it already exited.
-        let _ = self.child.start_kill();
-    }
-}
-
-impl Server {
-    /// Starts `serve` and waits until `/healthz` answers.
-    async fn start(sandbox: &Sandbox, mail: Mail<'_>, extra: &[&str], envs: &[(&str, &str)]) -> Self {
-        let server = Self::spawn(sandbox, mail, Some("serve"), extra, envs);
-        server.ready().await
-    }
-
-    fn spawn(
-        sandbox: &Sandbox,
-        mail: Mail<'_>,
-        subcommand: Option<&str>,
-        extra: &[&str],
-        envs: &[(&str, &str)],
-    ) -> Self {
-        static RUN: AtomicUsize = AtomicUsize::new(0);
-        let run = RUN.fetch_add(1, Ordering::SeqCst);
-        let stdout = sandbox.path().join(format!("serve-{run}.stdout"));
-        let stderr = sandbox.path().join(format!("serve-{run}.stderr"));
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut cmd = command(sandbox.path());
-        cmd.arg("--database-url")
-            .arg(&sandbox.db_url)
-            .args(["--listen", &listen]);
-        match mail {
-            Mail::Dir => {
-                cmd.arg("--mail-dir").arg(sandbox.mail_dir());
-            }
-            Mail::Smtp(url) => {
-                cmd.args(["--smtp-url", url]);
-            }
-            Mail::SmtpEnv(url) => {
-                cmd.env("MAGICAUTH_SMTP_URL", url);
-            }
-        }
-        cmd.args(extra).envs(envs.iter().copied());
-        if let Some(subcommand) = subcommand {
-            cmd.arg(subcommand);
-        }
-        cmd.stdout(std::fs::File::create(&stdout).expect("stdout file"));
-        cmd.stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        let child = cmd.spawn().expect("spawn magicauth-server");
-        let pid = child.id().expect("a running child has a pid");
-        Self {
-            child,
-            pid,
-            base: format!("http://{listen}"),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("HTTP client"),
-            stdout,
-            stderr,
-        }
-    }
-
-    async fn ready(mut self) -> Self {
-        for _ in 0..200 {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("serve exited early ({status}); stderr:\n{}", self.stderr());
-            }
-            let probe = self
-                .http
-                .get(format!("{}/healthz", self.base))
-                .timeout(Duration::from_millis(500))
-                .send()
-                .await;
-            if probe.is_ok_and(|r| r.status() == 200) {
-                return self;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("serve not ready within 10 s; stderr:\n{}", self.stderr());
-    }
-
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.stdout).expect("read stdout")
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).expect("read stderr")
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("GET sent")
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .expect("POST sent");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON body, got {text:?}"));
-        (status, body)
-    }
-
-    async fn send_link(&self, key: &str, email: &str) -> (u16, Value) {
-        self.post("/api/send-link", &json!({"email": email, "app_key": key}))
-            .await
-    }
-
-    async fn verify(&self, key: &str, token: &str) -> (u16, Value) {
-        self.post("/api/verify-token", &json!({"token": token, "app_key": key}))
-            .await
-    }
-
-    /// The value of an unlabelled metric, if present.
-    async fn metric(&self, name: &str) -> Option<f64> {
-        let response = self.get("/metrics").await;
-        assert_eq!(response.status(), 200);
-        let text = response.text().await.expect("metrics text");
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-    }
-
-    /// Polls a metric until `accept` holds or `deadline` passes; returns the last value.
-    async fn poll_metric(&self, name: &str, deadline: Duration, accept: impl Fn(f64) -> bool) -> Option<f64> {
-        let start = Instant::now();
-        loop {
-            let value = self.metric(name).await;
-            if value.is_some_and(&accept) || start.elapsed() > deadline {
-                return value;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn signal(&self, signal: &str) {
-        let status = tokio::time::timeout(
-            CLI_TIMEOUT,
-            Command::new("kill")
-                .args([format!("-{signal}"), self.pid.to_string()])
-                .status(),
-        )
-        .await
-        .expect("kill finished")
-        .expect("kill ran");
-        assert!(status.success(), "kill -{signal} {}", self.pid);
-    }
-
-    async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
-        match tokio::time::timeout(deadline, self.child.wait()).await {
-            Ok(status) => status.expect("wait for serve"),
-            Err(_) => panic!("serve did not exit within {deadline:?}; stderr:\n{}", self.stderr()),
-        }
-    }
-
-    /// SIGKILL: no chance to clean up.
-    async fn kill9(&mut self) {
-        self.child.kill().await.expect("SIGKILL serve");
-        let status = self.wait_exit(EXIT_TIMEOUT).await;
-        assert_eq!(status.signal(), Some(9), "{status:?}");
-    }
-
-    /// SIGTERM, then the exit status.
-    async fn terminate(&mut self) -> ExitStatus {
-        self.signal("TERM").await;
-        self.wait_exit(EXIT_TIMEOUT).await
-    }
-}
-
-fn assert_error(status: u16, body: &Value, want_status: u16, code: &str) {
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (want_status, Some(code)),
-        "body: {body}"
-    );
-    assert_eq!(body["success"], json!(false), "body: {body}");
-}
-
-/// Polls `check` until it holds; fails unless it held within one second.
-async fn within_one_second(what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check().await {
-            let took = start.elapsed();
-            assert!(took <= Duration::from_secs(1), "{what}: took {took:?}");
-            return took;
-        }
-        assert!(start.elapsed() <= Duration::from_secs(1), "{what}: not seen within 1 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// `.eml` files written to `dir` (complete ones only: not the `.…tmp` files).
-fn eml_files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "eml")
-                && !p
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with('.'))
-        })
-        .collect();
-    files.sort();
-    files
-}
-
-/// Waits for `n` `.eml` files and parses them.
-async fn wait_for_eml(dir: &Path, n: usize) -> Vec<ReceivedMail> {
-    let start = Instant::now();
-    loop {
-        let files = eml_files(dir);
-        if files.len() >= n {
-            return files
-                .iter()
-                .map(|f| ReceivedMail {
-                    from: String::new(),
-                    to: Vec::new(),
-                    data: std::fs::read_to_string(f).expect("read .eml"),
-                })
-                .collect();
-        }
-        assert!(
-            start.elapsed() < MAIL_TIMEOUT,
-            "expected {n} .eml files in {}",
-            dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::support::smtp::SmtpSink;
+use crate::support::subprocess::*;
+use crate::support::{Backend, backend_tests, token_of};
 
 // ---------------------------------------------------------------------------
 // CLI
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_apps_create_prints_credentials() {
-    let sb = Sandbox::new();
+backend_tests!(multi_thread: cli_apps_create_prints_credentials);
+async fn cli_apps_create_prints_credentials(backend: Backend) {
+    let sb = Sandbox::new(&backend).await;
 
     // --json: exactly one line of {"app_id", "app_key"}; the key never on stderr.
     let out = sb
@@ -579,9 +154,9 @@ async fn cli_apps_create_prints_credentials() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_apps_disable_enable_rotate() {
-    let sb = Sandbox::new();
+backend_tests!(multi_thread: cli_apps_disable_enable_rotate);
+async fn cli_apps_disable_enable_rotate(backend: Backend) {
+    let sb = Sandbox::new(&backend).await;
     let (id, key) = sb.create_app(&[]).await;
     let status = async |sb: &Sandbox| sb.list().await[0]["status"].clone();
 
@@ -619,14 +194,19 @@ async fn cli_apps_disable_enable_rotate() {
     assert_eq!(sb.list().await.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_migrate_on_a_fresh_database() {
-    let sb = Sandbox::new();
-    let db = sb.path().join("x.db");
-    assert!(!db.exists());
+backend_tests!(multi_thread: cli_migrate_on_a_fresh_database);
+async fn cli_migrate_on_a_fresh_database(backend: Backend) {
+    let sb = Sandbox::new(&backend).await;
+    let file = sb.db.sqlite_file();
+    if let Some(file) = &file {
+        assert!(!file.exists());
+    }
     let out = sb.run(&["migrate"]).await;
     out.assert_success("migrate");
-    assert!(db.exists(), "migrate created the database");
+    if let Some(file) = &file {
+        assert!(file.exists(), "migrate created the database");
+    }
+    assert!(sb.db.scalar("SELECT COUNT(*) FROM _sqlx_migrations").await >= 1);
     assert!(!out.stdout.trim().is_empty());
     // Applying again is a no-op, and the schema is usable.
     sb.run(&["migrate"]).await.assert_success("migrate again");
@@ -635,7 +215,7 @@ async fn cli_migrate_on_a_fresh_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_help_names_options_and_environment() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new(&Backend::Sqlite).await;
     // A password in the environment must not show up in the help text.
     let envs = [("MAGICAUTH_SMTP_URL", "smtp://user:helpsecret77@127.0.0.1:2525")];
     let mut cmd = command(sb.path());
@@ -694,10 +274,10 @@ async fn cli_help_names_options_and_environment() {
     assert!(!out.stdout.contains("helpsecret77"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_flags_win_over_environment() {
-    let flag_db = Sandbox::new();
-    let env_db = Sandbox::new();
+backend_tests!(multi_thread: cli_flags_win_over_environment);
+async fn cli_flags_win_over_environment(backend: Backend) {
+    let flag_db = Sandbox::new(&backend).await;
+    let env_db = Sandbox::new(&backend).await;
     // The environment names one database, the flag another: the flag wins.
     let out = flag_db
         .run_env(
@@ -721,9 +301,9 @@ async fn cli_flags_win_over_environment() {
 // A live server
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apps_changes_reach_a_running_server_within_a_second() {
-    let sb = Sandbox::new();
+backend_tests!(multi_thread: apps_changes_reach_a_running_server_within_a_second);
+async fn apps_changes_reach_a_running_server_within_a_second(backend: Backend) {
+    let sb = Sandbox::new(&backend).await;
     let server = Server::start(&sb, Mail::Dir, &[], &[]).await;
     // Created after `serve` started: no restart needed.
     let (id, key) = sb.create_app(&["--token-ttl", "90s"]).await;
@@ -768,9 +348,9 @@ async fn apps_changes_reach_a_running_server_within_a_second() {
     assert!(server.stdout().is_empty(), "serve wrote to stdout: {}", server.stdout());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_mail_survives_sigkill_and_is_delivered_exactly_once() {
-    let sb = Sandbox::new();
+backend_tests!(multi_thread: queued_mail_survives_sigkill_and_is_delivered_exactly_once);
+async fn queued_mail_survives_sigkill_and_is_delivered_exactly_once(backend: Backend) {
+    let sb = Sandbox::new(&backend).await;
     let mut sink = SmtpSink::start().await;
     let smtp_url = sink.url();
     // SMTP down: connections are refused.
@@ -825,9 +405,9 @@ async fn queued_mail_survives_sigkill_and_is_delivered_exactly_once() {
     assert!(server.stdout().is_empty(), "serve wrote to stdout: {}", server.stdout());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_exits_cleanly_after_delivering_queued_mail() {
-    let sb = Sandbox::new();
+backend_tests!(multi_thread: sigterm_exits_cleanly_after_delivering_queued_mail);
+async fn sigterm_exits_cleanly_after_delivering_queued_mail(backend: Backend) {
+    let sb = Sandbox::new(&backend).await;
     let sink = SmtpSink::start().await;
     let (_, key) = sb.create_app(&[]).await;
     let mut server = Server::start(&sb, Mail::Smtp(&sink.url()), &[], &[]).await;
@@ -864,9 +444,9 @@ async fn slow_proxy(target: u16, delay: Duration) -> (u16, Arc<AtomicUsize>, tok
     (port, accepted, task)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_waits_for_the_delivery_in_flight() {
-    let sb = Sandbox::new();
+backend_tests!(multi_thread: sigterm_waits_for_the_delivery_in_flight);
+async fn sigterm_waits_for_the_delivery_in_flight(backend: Backend) {
+    let sb = Sandbox::new(&backend).await;
     let sink = SmtpSink::start().await;
     let (proxy_port, accepted, proxy) = slow_proxy(sink.port(), Duration::from_millis(1500)).await;
     let (_, key) = sb.create_app(&[]).await;
@@ -894,9 +474,11 @@ async fn sigterm_waits_for_the_delivery_in_flight() {
 // ---------------------------------------------------------------------------
 
 /// Runs both log formats through a failing SMTP delivery (password in the URL)
-/// and a full send/verify round trip (file mode), at debug level.
-async fn secrets_stay_out_of_logs(format: &str) {
-    let sb = Sandbox::new();
+/// and a full send/verify round trip (file mode), at debug level. On
+/// PostgreSQL the database URL carries a password too.
+async fn secrets_stay_out_of_logs(backend: Backend, format: &str) {
+    let mut sb = Sandbox::new(&backend).await;
+    let db_password = sb.with_database_password();
     let (_, key) = sb.create_app(&[]).await;
     let wrong_key = "mk_WrongKeyWrongKeyWrongKeyWrongKeyWrongKey1";
     let password = format!("hunter2pass{}", free_port());
@@ -949,6 +531,7 @@ async fn secrets_stay_out_of_logs(format: &str) {
             ("wrong app_key", wrong_key),
             ("magic token", token.as_str()),
             ("SMTP password", password.as_str()),
+            ("database password", db_password.as_deref().unwrap_or(password.as_str())),
         ] {
             assert!(!stderr.contains(secret), "the {what} is in the {format} log:\n{stderr}");
         }
@@ -964,21 +547,22 @@ async fn secrets_stay_out_of_logs(format: &str) {
     assert!(logged.contains(&format!("127.0.0.1:{smtp_port}")), "{logged}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_never_reach_text_logs() {
-    secrets_stay_out_of_logs("text").await;
+backend_tests!(multi_thread: secrets_never_reach_text_logs);
+async fn secrets_never_reach_text_logs(backend: Backend) {
+    secrets_stay_out_of_logs(backend, "text").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_never_reach_json_logs() {
-    secrets_stay_out_of_logs("json").await;
+backend_tests!(multi_thread: secrets_never_reach_json_logs);
+async fn secrets_never_reach_json_logs(backend: Backend) {
+    secrets_stay_out_of_logs(backend, "json").await;
 }
 
 /// API.md: no error message ever contains an SMTP password. clap's
 /// "invalid value '<value>' for '--smtp-url'" error echoes the whole URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_smtp_url_error_hides_the_password() {
-    let sb = Sandbox::new();
+    // Refused before the database is opened: the backend does not matter.
+    let sb = Sandbox::new(&Backend::Sqlite).await;
     let listen = format!("127.0.0.1:{}", free_port());
     for url in [
         "smtpx://user:badurlsecret1@127.0.0.1:2525",
@@ -1009,9 +593,9 @@ async fn invalid_smtp_url_error_hides_the_password() {
 // Operator surface
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_is_the_default_and_answers_readyz_and_openapi() {
-    let sb = Sandbox::new();
+backend_tests!(multi_thread: serve_is_the_default_and_answers_readyz_and_openapi);
+async fn serve_is_the_default_and_answers_readyz_and_openapi(backend: Backend) {
+    let sb = Sandbox::new(&backend).await;
     // No subcommand: `serve`.
     let server = Server::spawn(&sb, Mail::Dir, None, &[], &[]).ready().await;
     let ready = server.get("/readyz").await;
@@ -1032,9 +616,9 @@ async fn serve_is_the_default_and_answers_readyz_and_openapi() {
     assert!(server.stdout().is_empty(), "serve wrote to stdout: {}", server.stdout());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_fails_cleanly_when_the_port_is_taken() {
-    let sb = Sandbox::new();
+backend_tests!(multi_thread: serve_fails_cleanly_when_the_port_is_taken);
+async fn serve_fails_cleanly_when_the_port_is_taken(backend: Backend) {
+    let sb = Sandbox::new(&backend).await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let listen = taken.local_addr().expect("address").to_string();
     let mut cmd = command(sb.path());
@@ -1048,4 +632,46 @@ async fn serve_fails_cleanly_when_the_port_is_taken() {
     assert!(out.stderr.contains(&listen), "{}", out.stderr);
     assert!(out.stdout.is_empty(), "{}", out.stdout);
     drop(taken);
+}
+
+backend_tests!(multi_thread: database_passwords_never_reach_error_messages);
+async fn database_passwords_never_reach_error_messages(backend: Backend) {
+    let sb = Sandbox::new(&backend).await;
+    let secret = format!("dbpw{}", free_port());
+    // Nobody listening, so every subcommand fails to open the database.
+    let mut urls = vec![format!("postgres://magic:{secret}@127.0.0.1:{}/magicauth", free_port())];
+    if let Backend::Postgres { server_url } = &backend {
+        // A real server, but no such database.
+        let mut url = url::Url::parse(server_url).expect("URL");
+        url.set_path("/magicauth_no_such_database");
+        url.set_password(Some(&secret)).expect("password");
+        urls.push(url.to_string());
+    }
+    let runs: [(&[&str], bool); 3] = [
+        (&["migrate"], false),
+        (&["apps", "list"], true),
+        (&["--listen", "127.0.0.1:0", "serve"], false),
+    ];
+    for url in &urls {
+        for (args, via_env) in runs {
+            let mut cmd = command(sb.path());
+            if via_env {
+                cmd.env("MAGICAUTH_DATABASE_URL", url);
+            } else {
+                cmd.args(["--database-url", url]);
+            }
+            // A refused connection is retried until the acquire timeout.
+            cmd.args(["--database-acquire-timeout", "1s", "--mail-dir"])
+                .arg(sb.mail_dir())
+                .args(args);
+            let out = output_of(cmd).await;
+            out.assert_failure(&format!("{args:?} on an unusable database"));
+            assert!(
+                !out.stderr.contains(&secret) && !out.stdout.contains(&secret),
+                "the database password is printed:\n{}",
+                out.stderr
+            );
+            assert!(out.stderr.contains(":****@"), "{}", out.stderr);
+        }
+    }
 }

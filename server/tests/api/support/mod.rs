@@ -1,9 +1,20 @@
 //! Test harness: a real server on 127.0.0.1:0 with a fresh database and a real
 //! SMTP server on loopback.
+//!
+//! Every test that touches the store runs against both backends: write it as
+//! `async fn name(backend: Backend)` and put `backend_tests!(name);` above it,
+//! which makes the tests `name::sqlite` and `name::postgres`. SQLite always
+//! runs; PostgreSQL runs when `MAGICAUTH_TEST_POSTGRES_URL` names a server
+//! (e.g. `postgres://postgres@127.0.0.1:5432/test`), each test in a database of
+//! its own that is dropped afterwards.
 
+mod database;
 // The SMTP sink lives with the cross-language test bed, which uses it too.
 #[path = "../../../../tests/testbed/src/smtp.rs"]
 pub mod smtp;
+pub mod subprocess;
+
+pub use database::{Backend, TestDatabase};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +27,40 @@ use magicauth_server::mail::RetryPolicy;
 use magicauth_server::store::DynStore;
 use magicauth_server::{Application, apps};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use smtp::{ReceivedMail, SmtpSink};
+
+/// Makes `name::sqlite` and `name::postgres` tests that call
+/// `async fn name(backend: Backend)`. The PostgreSQL one says "skipped" and
+/// passes when `MAGICAUTH_TEST_POSTGRES_URL` is unset, and fails when it is set
+/// but the server cannot be reached. `multi_thread:` runs them on a
+/// two-thread runtime (for tests that run subprocesses).
+macro_rules! backend_tests {
+    (multi_thread: $($name:ident),+ $(,)?) => {
+        $($crate::support::backend_tests!(@test [tokio::test(flavor = "multi_thread", worker_threads = 2)] $name);)+
+    };
+    ($($name:ident),+ $(,)?) => {
+        $($crate::support::backend_tests!(@test [tokio::test] $name);)+
+    };
+    (@test [$($test:tt)+] $name:ident) => {
+        mod $name {
+            #[$($test)+]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await;
+            }
+
+            #[$($test)+]
+            async fn postgres() {
+                if let Some(backend) = $crate::support::Backend::postgres() {
+                    super::$name(backend).await;
+                }
+            }
+        }
+    };
+}
+pub(crate) use backend_tests;
 
 /// How long tests wait for an email before failing.
 pub const MAIL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -39,7 +79,7 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub db_url: String,
-    pub dir: Arc<TempDir>,
+    pub db: Arc<TestDatabase>,
     pub clock: Arc<OffsetClock>,
     pub store: DynStore,
     pub smtp: SmtpSink,
@@ -51,8 +91,8 @@ pub struct TestApp {
 pub struct Spawn {
     pub sponsor_footer: Option<String>,
     pub retry: RetryPolicy,
-    /// Reuse the database directory of an earlier app (a restart).
-    pub dir: Option<Arc<TempDir>>,
+    /// Reuse the database of an earlier app (a restart).
+    pub db: Option<Arc<TestDatabase>>,
     /// Reuse an SMTP sink (a restart).
     pub smtp: Option<SmtpSink>,
     /// URL scheme used to reach the sink (`smtp+plain` unless set).
@@ -64,7 +104,7 @@ impl Default for Spawn {
         Self {
             sponsor_footer: None,
             retry: fast_retry(),
-            dir: None,
+            db: None,
             smtp: None,
             smtp_scheme: None,
         }
@@ -79,20 +119,21 @@ pub fn config(args: &[&str]) -> Config {
 }
 
 impl TestApp {
-    pub async fn spawn() -> Self {
-        Self::spawn_with(Spawn::default()).await
+    pub async fn spawn(backend: &Backend) -> Self {
+        Self::spawn_with(backend, Spawn::default()).await
     }
 
-    pub async fn spawn_with(options: Spawn) -> Self {
-        let dir = options
-            .dir
-            .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("temp dir")));
+    pub async fn spawn_with(backend: &Backend, options: Spawn) -> Self {
+        let db = match options.db {
+            Some(db) => db,
+            None => Arc::new(backend.database().await),
+        };
         let smtp = match options.smtp {
             Some(sink) => sink,
             None => SmtpSink::start().await,
         };
-        let db_url = format!("sqlite://{}", dir.path().join("magicauth.db").display());
-        let mail_dir = dir.path().join("mail");
+        let db_url = db.url.clone();
+        let mail_dir = db.path().join("mail");
         let smtp_url = match options.smtp_scheme {
             Some(scheme) => format!("{scheme}://127.0.0.1:{}", smtp.port()),
             None => smtp.url(),
@@ -129,7 +170,7 @@ impl TestApp {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
             db_url,
-            dir,
+            db,
             clock,
             store,
             smtp,
@@ -138,13 +179,13 @@ impl TestApp {
         }
     }
 
-    /// Shuts down gracefully and hands back the database directory and SMTP sink.
-    pub async fn stop(mut self) -> (Arc<TempDir>, SmtpSink) {
+    /// Shuts down gracefully and hands back the database and SMTP sink.
+    pub async fn stop(mut self) -> (Arc<TestDatabase>, SmtpSink) {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
             handle.await.expect("server task").expect("server ran cleanly");
         }
-        (self.dir.clone(), self.smtp)
+        (self.db.clone(), self.smtp)
     }
 
     /// Runs `apps …` against this app's database; returns stdout.
