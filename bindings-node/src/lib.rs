@@ -1,0 +1,20 @@
+//! The native part of the `magicauth` npm package: a thin layer that converts
+//! between JavaScript and the Rust client in `sdk-core`. The public API (the
+//! `Client` class, the error classes, docs) is the hand-written JavaScript in
+//! `lib/`; this module is loaded through the generated `native/index.js`.
+
+mod client;
+mod error;
+mod types;
+
+use napi_derive::napi;
+
+/// The `magic_token` of a callback URL or query string, or `null`.
+#[napi]
+pub fn token_from_url(url_or_query: String) -> Option<String> {
+    magicauth::token_from_url(&url_or_query)
+}
+
+/// The version of the native module (the workspace version).
+#[napi]
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
