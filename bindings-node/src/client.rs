@@ -73,10 +73,9 @@ fn client(options: Option<ClientOptions>) -> std::result::Result<magicauth::Clie
             builder = builder.base_url(url);
         }
         if let Some(ms) = options.timeout_ms {
+            // Negative or not a number: not a duration at all. Zero is the core's to refuse.
             let timeout = Duration::try_from_secs_f64(ms / 1000.0)
-                .ok()
-                .filter(|t| !t.is_zero())
-                .ok_or_else(|| configuration("timeoutMs must be a positive number of milliseconds"))?;
+                .map_err(|_| configuration("timeoutMs must be a positive number of milliseconds"))?;
             builder = builder.timeout(timeout);
         }
         if let Some(n) = options.max_retries {

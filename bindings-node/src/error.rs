@@ -37,17 +37,7 @@ pub fn to_js_error(env: &Env, error: &magicauth::Error) -> napi::Error {
 }
 
 fn build(env: &Env, error: &magicauth::Error) -> napi::Result<napi::Error> {
-    let mut chain = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        // Connection errors already name their causes in their message.
-        let text = cause.to_string();
-        if !chain.contains(&text) {
-            chain.push_str(": ");
-            chain.push_str(&text);
-        }
-        source = cause.source();
-    }
+    let chain = error.describe();
     let code = error.code().to_ascii_uppercase();
     let mut object = env.create_error(napi::Error::from_reason(chain))?;
     object.set_named_property("code", code)?;

@@ -52,13 +52,7 @@ fn build(py: Python<'_>, error: &magicauth::Error) -> PyResult<PyErr> {
     kwargs.set_item("retry_after", error.retry_after().map(|d| d.as_secs_f64()))?;
     kwargs.set_item("raw_body", error.raw_body())?;
     let exception = class.call((error.message(),), Some(&kwargs))?;
-    let mut chain = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        chain.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    let cause = NativeError::new_err(chain).into_value(py);
+    let cause = NativeError::new_err(error.describe()).into_value(py);
     exception.setattr("__cause__", cause)?;
     Ok(PyErr::from_value(exception))
 }

@@ -210,6 +210,9 @@ impl ClientBuilder {
             return Err(Error::configuration("the base URL must be an http(s) URL"));
         }
         let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(Error::configuration("the timeout must be greater than zero"));
+        }
         let user_agent = self
             .user_agent
             .unwrap_or_else(|| format!("magicauth-rust/{}", env!("CARGO_PKG_VERSION")));
@@ -467,6 +470,10 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(client.base_url(), "http://h:1/api");
+        assert!(matches!(
+            Client::builder().app_key("k").timeout(Duration::ZERO).build(),
+            Err(Error::Configuration(_))
+        ));
         let default = Client::builder().app_key("k").build().unwrap();
         assert_eq!(default.base_url(), DEFAULT_BASE_URL);
     }

@@ -164,6 +164,23 @@ impl Error {
         self.detail().raw_body.as_deref()
     }
 
+    /// The message followed by its causes, each said once (a connection
+    /// error's message already names them): for logs, and for the native
+    /// error the Python and Node bindings attach as `cause`.
+    pub fn describe(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
+    }
+
     /// The error for an API error `code`, as the contract maps codes to kinds.
     /// Unknown codes are classified by HTTP status.
     pub fn from_api(code: &str, message: String, status: u16, retry_after: Option<Duration>) -> Self {
@@ -273,6 +290,21 @@ mod tests {
         let limited = Error::from_status(429, String::new(), Some(Duration::from_secs(3)));
         assert_eq!(limited.retry_after(), Some(Duration::from_secs(3)));
         assert_eq!(limited.raw_body(), None);
+    }
+
+    #[test]
+    fn describe_names_each_cause_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = Error::Connection {
+            detail: ErrorDetail::new("connection", "could not connect: refused", None),
+            source: Some(Box::new(inner)),
+        };
+        assert_eq!(error.describe(), "could not connect: refused (connection)");
+        let error = Error::Timeout {
+            detail: ErrorDetail::new("timeout", "no answer", None),
+            source: Some(Box::new(std::io::Error::other("deadline"))),
+        };
+        assert_eq!(error.describe(), "no answer (timeout): deadline");
     }
 
     #[test]
