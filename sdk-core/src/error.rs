@@ -117,10 +117,11 @@ pub enum Error {
     Configuration(ErrorDetail),
 }
 
-impl Error {
-    /// The error's detail, whatever the variant.
-    pub fn detail(&self) -> &ErrorDetail {
-        match self {
+/// The detail of any variant, by reference or mutable reference (match
+/// ergonomics pick which from `$error`'s type).
+macro_rules! detail_of {
+    ($error:expr) => {
+        match $error {
             Error::InvalidToken(d)
             | Error::TokenAlreadyUsed(d)
             | Error::TokenExpired(d)
@@ -134,6 +135,13 @@ impl Error {
                 detail
             }
         }
+    };
+}
+
+impl Error {
+    /// The error's detail, whatever the variant.
+    pub fn detail(&self) -> &ErrorDetail {
+        detail_of!(self)
     }
 
     /// Stable machine code, e.g. `"token_used"`, `"connection"`.
@@ -224,20 +232,7 @@ impl Error {
     }
 
     fn detail_mut(&mut self) -> &mut ErrorDetail {
-        match self {
-            Error::InvalidToken(d)
-            | Error::TokenAlreadyUsed(d)
-            | Error::TokenExpired(d)
-            | Error::InvalidAppKey(d)
-            | Error::Forbidden(d)
-            | Error::InvalidRequest(d)
-            | Error::Server(d)
-            | Error::InvalidSession(d)
-            | Error::Configuration(d) => d,
-            Error::RateLimited { detail, .. } | Error::Connection { detail, .. } | Error::Timeout { detail, .. } => {
-                detail
-            }
-        }
+        detail_of!(self)
     }
 
     #[cfg(feature = "client")]
