@@ -127,7 +127,10 @@ impl Application {
             shutdown,
         } = self;
         tracing::info!(address = %listener.local_addr()?, backend = state.store.backend(), "listening");
-        let worker = tokio::spawn(worker.run(shutdown.clone()));
+        // The worker stops after the HTTP server has drained, so it can still
+        // send the mail of the last requests.
+        let worker_stop = CancellationToken::new();
+        let worker = tokio::spawn(worker.run(worker_stop.clone()));
         let housekeeping = spawn_housekeeping(state.store.clone(), state.auth.clock.clone(), shutdown.clone());
         let app = router(state);
         let stop = shutdown.clone();
@@ -135,6 +138,7 @@ impl Application {
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
         shutdown.cancel();
+        worker_stop.cancel();
         let _ = worker.await;
         let _ = housekeeping.await;
         tracing::info!("stopped");

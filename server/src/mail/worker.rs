@@ -14,6 +14,9 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{DynStore, OutboxMail};
 
+/// How long a stopping worker keeps sending what is due.
+pub const DRAIN_TIME: Duration = Duration::from_secs(10);
+
 /// When to retry and when to give up.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
@@ -69,41 +72,17 @@ pub struct OutboxWorker {
 
 impl OutboxWorker {
     /// Runs until `shutdown` is cancelled, finishing the delivery in progress.
+    /// Runs until `shutdown` is cancelled, finishing the delivery in progress.
+    /// Then, for at most [`DRAIN_TIME`], it sends what is due, so mail
+    /// accepted just before a graceful shutdown goes out at once: cancel
+    /// `shutdown` after the HTTP server has drained its requests.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(transport = ?self.transport, "outbox worker started");
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            let now = self.clock.now_ms();
-            let lease_ms = i64::try_from(self.policy.lease.as_millis()).unwrap_or(i64::MAX / 4);
-            let lease_until = now + lease_ms;
-            let batch = match self.store.claim_outbox(now, lease_until, self.policy.batch).await {
-                Ok(batch) => batch,
-                Err(error) => {
-                    tracing::warn!(%error, "could not read the outbox");
-                    Vec::new()
-                }
-            };
-            let claimed = batch.len();
-            let mut pending = batch.into_iter();
-            for mail in pending.by_ref() {
-                self.deliver(mail).await;
-                // Once half the lease is spent, hand back the rest of the batch
-                // instead of starting deliveries that could outlast the lease
-                // and overlap another replica's claim of the same rows.
-                if shutdown.is_cancelled() || self.clock.now_ms() >= now + lease_ms / 2 {
-                    break;
-                }
-            }
-            // Hand back what this worker claimed but will not send, so it goes out
-            // at once (here, on another replica or after a restart) instead of
-            // waiting for the lease to lapse.
-            for mail in pending {
-                if let Err(error) = self.store.outbox_release(mail.id, mail.lease_until).await {
-                    tracing::warn!(%error, id = mail.id, "could not release an outbox row");
-                }
-            }
+            let claimed = self.deliver_due(&shutdown, None).await;
             if claimed == self.policy.batch as usize {
                 continue;
             }
@@ -113,7 +92,46 @@ impl OutboxWorker {
                 _ = tokio::time::sleep(self.policy.poll_interval) => {}
             }
         }
+        // Failed deliveries are rescheduled, not due: the drain ends when nothing is.
+        let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+        let running = CancellationToken::new();
+        while tokio::time::Instant::now() < deadline && self.deliver_due(&running, Some(deadline)).await > 0 {}
         tracing::info!("outbox worker stopped");
+    }
+
+    /// Claims a batch of due emails and delivers them; returns how many were claimed.
+    async fn deliver_due(&self, shutdown: &CancellationToken, deadline: Option<tokio::time::Instant>) -> usize {
+        let now = self.clock.now_ms();
+        let lease_ms = i64::try_from(self.policy.lease.as_millis()).unwrap_or(i64::MAX / 4);
+        let lease_until = now + lease_ms;
+        let batch = match self.store.claim_outbox(now, lease_until, self.policy.batch).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the outbox");
+                Vec::new()
+            }
+        };
+        let claimed = batch.len();
+        let mut pending = batch.into_iter();
+        for mail in pending.by_ref() {
+            self.deliver(mail).await;
+            // Once half the lease is spent, hand back the rest of the batch
+            // instead of starting deliveries that could outlast the lease
+            // and overlap another replica's claim of the same rows.
+            let past_deadline = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if shutdown.is_cancelled() || past_deadline || self.clock.now_ms() >= now + lease_ms / 2 {
+                break;
+            }
+        }
+        // Hand back what this worker claimed but will not send, so it goes out
+        // at once (here, on another replica or after a restart) instead of
+        // waiting for the lease to lapse.
+        for mail in pending {
+            if let Err(error) = self.store.outbox_release(mail.id, mail.lease_until).await {
+                tracing::warn!(%error, id = mail.id, "could not release an outbox row");
+            }
+        }
+        claimed
     }
 
     async fn deliver(&self, mail: OutboxMail) {
