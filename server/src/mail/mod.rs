@@ -7,4 +7,4 @@ mod worker;
 
 pub use message::{SignInEmail, render_sign_in_email};
 pub use transport::{DeliveryError, MailTransport, SmtpUrl};
-pub use worker::{OutboxWorker, RetryPolicy};
+pub use worker::{DRAIN_TIME, OutboxWorker, RetryPolicy};
