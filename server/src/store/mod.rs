@@ -28,6 +28,10 @@ pub enum StoreError {
     // too, so that `{:#}` chains do not print them twice.
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
+    #[error("database error: timed out waiting for a pooled connection")]
+    PoolTimedOut,
     #[error("migration error: {0}")]
     Migrate(sqlx::migrate::MigrateError),
     #[error("unsupported database URL (expected sqlite://…, postgres://… or postgresql://…): {0}")]
@@ -39,6 +43,12 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         StoreError::Database(e)
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
     }
 }
 

@@ -4,88 +4,219 @@
 //! `BEGIN IMMEDIATE` sees and changes the database atomically; statements
 //! that must be atomic on their own (token consumption, outbox claims) are
 //! single `UPDATE … RETURNING` statements.
+//!
+//! Queries go through rusqlite on a small pool of connections, each store
+//! operation running as one closure on tokio's blocking pool: one thread hop
+//! per operation, with prepared statements cached per connection. (sqlx's
+//! SQLite driver costs a channel round trip per statement, about ten times
+//! the statement itself; sqlx still applies the migrations, so both backends
+//! share one migration format and history table.)
 
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, Transaction};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::Semaphore;
 
 use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// How long a statement waits for another connection's (or process's) write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 64;
+
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pool: Arc<Pool>,
+    /// The URL as given, for the migrator.
+    url: String,
+}
+
+/// Idle connections, and permits that bound how many exist.
+struct Pool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+    acquire_timeout: Duration,
+}
+
+impl Pool {
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // NORMAL in WAL mode: a commit survives a crash of the process
+        // (kill -9) without an fsync per transaction. Operators who need
+        // power-loss durability run PostgreSQL.
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        Ok(conn)
+    }
+
+    fn idle(&self) -> Option<Connection> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()
+    }
+
+    fn take(&self) -> rusqlite::Result<Connection> {
+        match self.idle() {
+            Some(conn) => Ok(conn),
+            None => self.open(),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        // A connection left inside a transaction (a panic mid-operation) is
+        // not reused.
+        if conn.is_autocommit() {
+            self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
+        }
+    }
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at a `sqlite://` URL.
     pub async fn connect(database: &DatabaseOptions) -> StoreResult<Self> {
-        let options = SqliteConnectOptions::from_str(&database.url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // NORMAL in WAL mode: a commit survives a crash of the process
-            // (kill -9) without an fsync per transaction. Operators who need
-            // power-loss durability run PostgreSQL.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(database.max_connections)
-            .acquire_timeout(database.acquire_timeout)
-            .connect_with(options)
-            .await?;
-        Ok(Self { pool })
+        let options = SqliteConnectOptions::from_str(&database.url)?;
+        let path = options.get_filename().to_path_buf();
+        if is_in_memory(&database.url) || path.as_os_str().is_empty() {
+            return Err(StoreError::UnsupportedUrl(format!(
+                "{}: an in-memory database is private to one connection; use a file",
+                redact_url(&database.url)
+            )));
+        }
+        let max = usize::try_from(database.max_connections.max(1)).unwrap_or(1);
+        let store = Self {
+            pool: Arc::new(Pool {
+                path,
+                idle: Mutex::new(Vec::new()),
+                permits: Arc::new(Semaphore::new(max)),
+                acquire_timeout: database.acquire_timeout,
+            }),
+            url: database.url.clone(),
+        };
+        // Open one connection now, so a bad path fails at start-up.
+        store.run(|_| Ok(())).await?;
+        Ok(store)
     }
 
-    /// A write transaction that holds SQLite's write lock from its start.
-    async fn write_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// Runs `operation` on a pooled connection.
+    ///
+    /// Most operations take microseconds, less than handing them to another
+    /// thread and back (two thread wake-ups), so they run right here when a
+    /// connection is open and idle and no other writer holds SQLite's lock: with no
+    /// busy wait, a locked database fails at once with `SQLITE_BUSY` instead
+    /// of blocking the async worker. Then (and when every connection is in
+    /// use) the operation runs again on tokio's blocking pool, where it waits
+    /// up to the busy timeout. A busy statement changed nothing and a busy
+    /// transaction was rolled back, so running again is safe.
+    async fn run<T, F>(&self, operation: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        if let Ok(permit) = self.pool.permits.clone().try_acquire_owned()
+            && let Some(mut conn) = self.pool.idle()
+        {
+            conn.busy_timeout(Duration::ZERO)?;
+            let result = operation(&mut conn);
+            self.pool.give_back(conn);
+            drop(permit);
+            match result {
+                Err(StoreError::Sqlite(e)) if is_busy(&e) => {}
+                done => return done,
+            }
+        }
+        let permit = tokio::time::timeout(self.pool.acquire_timeout, self.pool.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| StoreError::PoolTimedOut)?
+            .map_err(|_| StoreError::PoolTimedOut)?;
+        let pool = Arc::clone(&self.pool);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut conn = pool.take()?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            let result = operation(&mut conn);
+            pool.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("database task failed: {e}")))?
+    }
+
+    /// Runs `operation` in a write transaction that holds SQLite's write lock
+    /// from its start; commits when it returns `Ok`.
+    async fn write<T, F>(&self, operation: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = operation(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
     }
 }
 
 const APP_COLUMNS: &str =
     "id, name, plan, burst, monthly_limit, token_ttl_s, session_ttl_s, redirect_urls, disabled, created_at";
 
-fn app_from_row(row: &SqliteRow) -> StoreResult<AppRecord> {
-    let plan: String = row.try_get("plan")?;
-    let urls: String = row.try_get("redirect_urls")?;
+fn app_from_row(row: &Row<'_>) -> StoreResult<AppRecord> {
+    let plan: String = row.get("plan")?;
+    let urls: String = row.get("redirect_urls")?;
     Ok(AppRecord {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
+        id: row.get("id")?,
+        name: row.get("name")?,
         plan: Plan::parse(&plan).ok_or_else(|| StoreError::Corrupt(format!("plan {plan:?}")))?,
-        burst: u32::try_from(row.try_get::<i64, _>("burst")?).map_err(|_| StoreError::Corrupt("burst".into()))?,
+        burst: u32::try_from(row.get::<_, i64>("burst")?).map_err(|_| StoreError::Corrupt("burst".into()))?,
         monthly_limit: row
-            .try_get::<Option<i64>, _>("monthly_limit")?
+            .get::<_, Option<i64>>("monthly_limit")?
             .map(|v| u32::try_from(v).map_err(|_| StoreError::Corrupt("monthly_limit".into())))
             .transpose()?,
-        token_ttl_s: row.try_get("token_ttl_s")?,
-        session_ttl_s: row.try_get("session_ttl_s")?,
+        token_ttl_s: row.get("token_ttl_s")?,
+        session_ttl_s: row.get("session_ttl_s")?,
         redirect_urls: serde_json::from_str(&urls).map_err(|e| StoreError::Corrupt(format!("redirect_urls: {e}")))?,
-        disabled: row.try_get::<i64, _>("disabled")? != 0,
-        created_at: row.try_get("created_at")?,
+        disabled: row.get::<_, i64>("disabled")? != 0,
+        created_at: row.get("created_at")?,
     })
 }
 
+/// `sqlite::memory:` or `mode=memory`: a database private to each connection.
+fn is_in_memory(url: &str) -> bool {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    database == ":memory:" || params.split('&').any(|p| p == "mode=memory")
+}
+
+/// Another connection (of this process or another) holds the lock.
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// Counts a bucket's hits inside the window and the time its oldest one leaves.
-async fn window_state(
-    tx: &mut Transaction<'static, Sqlite>,
+fn window_state(
+    tx: &Transaction<'_>,
     bucket: &str,
     now: Millis,
     window_ms: i64,
     limit: u32,
 ) -> StoreResult<(u32, WindowState)> {
-    let row = sqlx::query("SELECT COUNT(*) AS n, MIN(at) AS oldest FROM rate_hits WHERE bucket = ?1 AND at > ?2")
-        .bind(bucket)
-        .bind(now - window_ms)
-        .fetch_one(&mut **tx)
-        .await?;
-    let count = u32::try_from(row.try_get::<i64, _>("n")?).unwrap_or(u32::MAX);
-    let oldest: Option<i64> = row.try_get("oldest")?;
+    let (count, oldest): (i64, Option<i64>) = tx
+        .prepare_cached("SELECT COUNT(*), MIN(at) FROM rate_hits WHERE bucket = ?1 AND at > ?2")?
+        .query_row(params![bucket, now - window_ms], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let count = u32::try_from(count).unwrap_or(u32::MAX);
     let reset_ms = oldest.map_or(window_ms, |t| (t + window_ms - now).max(0));
     Ok((
         count,
@@ -97,6 +228,21 @@ async fn window_state(
     ))
 }
 
+/// What a refused consumption found, from a token's row.
+fn refusal(conn: &Connection, hash: &[u8], app_id: &str, now: Millis) -> StoreResult<Option<ConsumeOutcome>> {
+    let row: Option<(String, Option<i64>, i64)> = conn
+        .prepare_cached("SELECT app_id, used_at, expires_at FROM magic_links WHERE token_hash = ?1")?
+        .query_row([hash], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .optional()?;
+    Ok(match row {
+        None => Some(ConsumeOutcome::Invalid),
+        Some((owner, _, _)) if owner != app_id => Some(ConsumeOutcome::Invalid),
+        Some((_, Some(_), _)) => Some(ConsumeOutcome::Used),
+        Some((_, None, expires_at)) if expires_at <= now => Some(ConsumeOutcome::Expired),
+        Some(_) => None,
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -104,127 +250,160 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR.run(&self.pool).await?;
+        let options = SqliteConnectOptions::from_str(&self.url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.pool.acquire_timeout)
+            .connect_with(options)
+            .await?;
+        let migrated = MIGRATOR.run(&pool).await;
+        pool.close().await;
+        migrated?;
         Ok(())
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.run(|conn| {
+            conn.prepare_cached("SELECT 1")?.query_row([], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn create_app(&self, app: &NewApp) -> StoreResult<()> {
-        let r = &app.record;
+        let r = app.record.clone();
+        let key_hash = app.key_hash.as_bytes().to_vec();
         let urls = serde_json::to_string(&r.redirect_urls).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO apps (id, name, key_hash, plan, burst, monthly_limit, token_ttl_s, session_ttl_s,
-                               redirect_urls, disabled, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
-        )
-        .bind(&r.id)
-        .bind(&r.name)
-        .bind(&app.key_hash.as_bytes()[..])
-        .bind(r.plan.as_str())
-        .bind(i64::from(r.burst))
-        .bind(r.monthly_limit.map(i64::from))
-        .bind(r.token_ttl_s)
-        .bind(r.session_ttl_s)
-        .bind(urls)
-        .bind(i64::from(r.disabled))
-        .bind(r.created_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.run(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO apps (id, name, key_hash, plan, burst, monthly_limit, token_ttl_s, session_ttl_s,
+                                   redirect_urls, disabled, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+            )?
+            .execute(params![
+                r.id,
+                r.name,
+                key_hash,
+                r.plan.as_str(),
+                i64::from(r.burst),
+                r.monthly_limit.map(i64::from),
+                r.token_ttl_s,
+                r.session_ttl_s,
+                urls,
+                i64::from(r.disabled),
+                r.created_at,
+            ])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn list_apps(&self) -> StoreResult<Vec<AppRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {APP_COLUMNS} FROM apps ORDER BY created_at, id"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(app_from_row).collect()
+        self.run(|conn| {
+            let mut statement =
+                conn.prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps ORDER BY created_at, id"))?;
+            let mut rows = statement.query([])?;
+            let mut apps = Vec::new();
+            while let Some(row) = rows.next()? {
+                apps.push(app_from_row(row)?);
+            }
+            Ok(apps)
+        })
+        .await
     }
 
     async fn app_by_key_hash(&self, key_hash: &SecretHash) -> StoreResult<Option<AppRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {APP_COLUMNS}, key_hash FROM apps WHERE key_hash = ?1"
-        )))
-        .bind(&key_hash.as_bytes()[..])
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        // The index lookup found it; confirm in constant time all the same.
-        let stored: Vec<u8> = row.try_get("key_hash")?;
-        match SecretHash::from_bytes(&stored) {
-            Some(h) if h.ct_eq(key_hash) => Ok(Some(app_from_row(&row)?)),
-            _ => Ok(None),
-        }
+        let key_hash = *key_hash;
+        self.run(move |conn| {
+            let mut statement =
+                conn.prepare_cached(&format!("SELECT {APP_COLUMNS}, key_hash FROM apps WHERE key_hash = ?1"))?;
+            let mut rows = statement.query([&key_hash.as_bytes()[..]])?;
+            let Some(row) = rows.next()? else { return Ok(None) };
+            // The index lookup found it; confirm in constant time all the same.
+            let stored: Vec<u8> = row.get("key_hash")?;
+            match SecretHash::from_bytes(&stored) {
+                Some(h) if h.ct_eq(&key_hash) => Ok(Some(app_from_row(row)?)),
+                _ => Ok(None),
+            }
+        })
+        .await
     }
 
     async fn set_app_disabled(&self, app_id: &str, disabled: bool, now: Millis) -> StoreResult<bool> {
-        let done = sqlx::query("UPDATE apps SET disabled = ?1, updated_at = ?2 WHERE id = ?3")
-            .bind(i64::from(disabled))
-            .bind(now)
-            .bind(app_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        let app_id = app_id.to_owned();
+        self.run(move |conn| {
+            let changed = conn
+                .prepare_cached("UPDATE apps SET disabled = ?1, updated_at = ?2 WHERE id = ?3")?
+                .execute(params![i64::from(disabled), now, app_id])?;
+            Ok(changed == 1)
+        })
+        .await
     }
 
     async fn rotate_app_key(&self, app_id: &str, key_hash: &SecretHash, now: Millis) -> StoreResult<bool> {
-        let done = sqlx::query("UPDATE apps SET key_hash = ?1, updated_at = ?2 WHERE id = ?3")
-            .bind(&key_hash.as_bytes()[..])
-            .bind(now)
-            .bind(app_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        let app_id = app_id.to_owned();
+        let key_hash = key_hash.as_bytes().to_vec();
+        self.run(move |conn| {
+            let changed = conn
+                .prepare_cached("UPDATE apps SET key_hash = ?1, updated_at = ?2 WHERE id = ?3")?
+                .execute(params![key_hash, now, app_id])?;
+            Ok(changed == 1)
+        })
+        .await
     }
 
     async fn check_send_rate(&self, q: &RateQuery<'_>) -> StoreResult<RateDecision> {
         let app_bucket = format!("app:{}", q.app_id);
         let email_bucket = format!("email:{}:{}", q.app_id, q.email_bucket);
-        let mut tx = self.write_tx().await?;
-        let (app_count, app) = window_state(&mut tx, &app_bucket, q.now, q.app_window_ms, q.app_limit).await?;
-        let (email_count, email) =
-            window_state(&mut tx, &email_bucket, q.now, q.email_window_ms, q.email_limit).await?;
-        if app_count >= q.app_limit {
-            return Ok(RateDecision::AppLimited(app));
-        }
-        if email_count >= q.email_limit {
-            return Ok(RateDecision::EmailLimited(email));
-        }
-        if let Some(limit) = q.monthly_limit {
-            let used: Option<i64> =
-                sqlx::query_scalar("SELECT links FROM monthly_usage WHERE app_id = ?1 AND month = ?2")
-                    .bind(q.app_id)
-                    .bind(q.month)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if used.unwrap_or(0) >= i64::from(limit) {
-                return Ok(RateDecision::QuotaExceeded);
+        let (app_id, month) = (q.app_id.to_owned(), q.month.to_owned());
+        let (now, app_limit, app_window_ms, email_limit, email_window_ms, monthly_limit) = (
+            q.now,
+            q.app_limit,
+            q.app_window_ms,
+            q.email_limit,
+            q.email_window_ms,
+            q.monthly_limit,
+        );
+        self.write(move |tx| {
+            let (app_count, app) = window_state(tx, &app_bucket, now, app_window_ms, app_limit)?;
+            let (email_count, email) = window_state(tx, &email_bucket, now, email_window_ms, email_limit)?;
+            if app_count >= app_limit {
+                return Ok(RateDecision::AppLimited(app));
             }
-        }
-        for bucket in [&app_bucket, &email_bucket] {
-            sqlx::query("INSERT INTO rate_hits (bucket, at) VALUES (?1, ?2)")
-                .bind(bucket)
-                .bind(q.now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        let counted = |mut w: WindowState, count: u32, window_ms: i64| {
-            w.remaining = w.limit.saturating_sub(count + 1);
-            if count == 0 {
-                w.reset_ms = window_ms;
+            if email_count >= email_limit {
+                return Ok(RateDecision::EmailLimited(email));
             }
-            w
-        };
-        Ok(RateDecision::Allowed {
-            app: counted(app, app_count, q.app_window_ms),
-            email: counted(email, email_count, q.email_window_ms),
+            if let Some(limit) = monthly_limit {
+                let used: Option<i64> = tx
+                    .prepare_cached("SELECT links FROM monthly_usage WHERE app_id = ?1 AND month = ?2")?
+                    .query_row(params![app_id, month], |row| row.get(0))
+                    .optional()?;
+                if used.unwrap_or(0) >= i64::from(limit) {
+                    return Ok(RateDecision::QuotaExceeded);
+                }
+            }
+            let mut insert = tx.prepare_cached("INSERT INTO rate_hits (bucket, at) VALUES (?1, ?2)")?;
+            for bucket in [&app_bucket, &email_bucket] {
+                insert.execute(params![bucket, now])?;
+            }
+            let counted = |mut w: WindowState, count: u32, window_ms: i64| {
+                w.remaining = w.limit.saturating_sub(count + 1);
+                if count == 0 {
+                    w.reset_ms = window_ms;
+                }
+                w
+            };
+            Ok(RateDecision::Allowed {
+                app: counted(app, app_count, app_window_ms),
+                email: counted(email, email_count, email_window_ms),
+            })
         })
+        .await
     }
 
     async fn create_link(
@@ -234,264 +413,244 @@ impl Store for SqliteStore {
         month: &str,
         monthly_limit: Option<u32>,
     ) -> StoreResult<CreateLinkOutcome> {
-        let mut tx = self.write_tx().await?;
-        let counted = sqlx::query(
-            "INSERT INTO monthly_usage (app_id, month, links) VALUES (?1, ?2, 1)
-             ON CONFLICT (app_id, month) DO UPDATE SET links = links + 1
-             WHERE ?3 IS NULL OR monthly_usage.links < ?3",
-        )
-        .bind(&link.app_id)
-        .bind(month)
-        .bind(monthly_limit.map(i64::from))
-        .execute(&mut *tx)
-        .await?;
-        // A first link of the month with a limit of 0 must be refused too.
-        if counted.rows_affected() == 0 || monthly_limit == Some(0) {
-            return Ok(CreateLinkOutcome::QuotaExceeded);
-        }
-        sqlx::query(
-            "INSERT INTO magic_links (token_hash, app_id, email, redirect_url, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(&link.token_hash.as_bytes()[..])
-        .bind(&link.app_id)
-        .bind(&link.email)
-        .bind(&link.redirect_url)
-        .bind(link.created_at)
-        .bind(link.expires_at)
-        .execute(&mut *tx)
-        .await?;
-        let outbox_id: i64 = sqlx::query_scalar(
-            "INSERT INTO outbox (app_id, recipient, message_id, subject, text_body, html_body, created_at, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) RETURNING id",
-        )
-        .bind(&mail.app_id)
-        .bind(&mail.recipient)
-        .bind(&mail.message_id)
-        .bind(&mail.subject)
-        .bind(&mail.text_body)
-        .bind(&mail.html_body)
-        .bind(mail.created_at)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(CreateLinkOutcome::Created { outbox_id })
+        let (link, mail, month) = (link.clone(), mail.clone(), month.to_owned());
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let counted = tx
+                .prepare_cached(
+                    "INSERT INTO monthly_usage (app_id, month, links) VALUES (?1, ?2, 1)
+                     ON CONFLICT (app_id, month) DO UPDATE SET links = links + 1
+                     WHERE ?3 IS NULL OR monthly_usage.links < ?3",
+                )?
+                .execute(params![link.app_id, month, monthly_limit.map(i64::from)])?;
+            // A first link of the month with a limit of 0 must be refused too
+            // (dropping `tx` rolls the count back).
+            if counted == 0 || monthly_limit == Some(0) {
+                return Ok(CreateLinkOutcome::QuotaExceeded);
+            }
+            tx.prepare_cached(
+                "INSERT INTO magic_links (token_hash, app_id, email, redirect_url, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                &link.token_hash.as_bytes()[..],
+                link.app_id,
+                link.email,
+                link.redirect_url,
+                link.created_at,
+                link.expires_at,
+            ])?;
+            let outbox_id: i64 = tx
+                .prepare_cached(
+                    "INSERT INTO outbox (app_id, recipient, message_id, subject, text_body, html_body, created_at,
+                                         next_attempt_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) RETURNING id",
+                )?
+                .query_row(
+                    params![
+                        mail.app_id,
+                        mail.recipient,
+                        mail.message_id,
+                        mail.subject,
+                        mail.text_body,
+                        mail.html_body,
+                        mail.created_at,
+                    ],
+                    |row| row.get(0),
+                )?;
+            tx.commit()?;
+            Ok(CreateLinkOutcome::Created { outbox_id })
+        })
+        .await
     }
 
     async fn consume_link(&self, token_hash: &SecretHash, app_id: &str, now: Millis) -> StoreResult<ConsumeOutcome> {
-        let hash = &token_hash.as_bytes()[..];
-        // Fast path for the common failures (unknown, used, expired), without
-        // the write lock. It decides nothing about success: that is the
-        // UPDATE below, which re-checks every condition atomically.
-        let seen = sqlx::query("SELECT app_id, used_at, expires_at FROM magic_links WHERE token_hash = ?1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        match &seen {
-            None => return Ok(ConsumeOutcome::Invalid),
-            Some(row) if row.try_get::<String, _>("app_id")? != app_id => return Ok(ConsumeOutcome::Invalid),
-            Some(row) if row.try_get::<Option<i64>, _>("used_at")?.is_some() => return Ok(ConsumeOutcome::Used),
-            Some(row) if row.try_get::<i64, _>("expires_at")? <= now => return Ok(ConsumeOutcome::Expired),
-            Some(_) => {}
-        }
-        let mut tx = self.write_tx().await?;
-        // The one statement that decides who wins: no read-then-write.
-        let consumed = sqlx::query(
-            "UPDATE magic_links SET used_at = ?1
-             WHERE token_hash = ?2 AND app_id = ?3 AND used_at IS NULL AND expires_at > ?1
-             RETURNING email, redirect_url",
-        )
-        .bind(now)
-        .bind(hash)
-        .bind(app_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(consumed) = consumed else {
-            let row = sqlx::query("SELECT app_id, used_at, expires_at FROM magic_links WHERE token_hash = ?1")
-                .bind(hash)
-                .fetch_optional(&mut *tx)
-                .await?;
-            tx.rollback().await?;
-            return Ok(match row {
-                None => ConsumeOutcome::Invalid,
-                Some(row) if row.try_get::<String, _>("app_id")? != app_id => ConsumeOutcome::Invalid,
-                Some(row) if row.try_get::<Option<i64>, _>("used_at")?.is_some() => ConsumeOutcome::Used,
-                Some(_) => ConsumeOutcome::Expired,
-            });
-        };
-        let email: String = consumed.try_get("email")?;
-        let redirect_url: String = consumed.try_get("redirect_url")?;
-        let user = sqlx::query(
-            "INSERT INTO users (app_id, email, email_verified_at, last_login_at, created_at)
-             VALUES (?1, ?2, ?3, ?3, ?3)
-             ON CONFLICT (app_id, email) DO UPDATE SET last_login_at = excluded.last_login_at
-             RETURNING id, email, name, email_verified_at, last_login_at",
-        )
-        .bind(app_id)
-        .bind(&email)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(ConsumeOutcome::Consumed {
-            user: UserRecord {
-                id: user.try_get("id")?,
-                email: user.try_get("email")?,
-                name: user.try_get("name")?,
-                email_verified_at: user.try_get("email_verified_at")?,
-                last_login_at: user.try_get("last_login_at")?,
-            },
-            redirect_url,
+        let hash = token_hash.as_bytes().to_vec();
+        let app_id = app_id.to_owned();
+        self.run(move |conn| {
+            // Fast path for the common failures (unknown, used, expired),
+            // without the write lock. It decides nothing about success: that
+            // is the UPDATE below, which re-checks every condition atomically.
+            if let Some(refused) = refusal(conn, &hash, &app_id, now)? {
+                return Ok(refused);
+            }
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // The one statement that decides who wins: no read-then-write.
+            let consumed: Option<(String, String)> = tx
+                .prepare_cached(
+                    "UPDATE magic_links SET used_at = ?1
+                     WHERE token_hash = ?2 AND app_id = ?3 AND used_at IS NULL AND expires_at > ?1
+                     RETURNING email, redirect_url",
+                )?
+                .query_row(params![now, hash, app_id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let Some((email, redirect_url)) = consumed else {
+                let outcome = refusal(&tx, &hash, &app_id, now)?.unwrap_or(ConsumeOutcome::Expired);
+                return Ok(outcome);
+            };
+            let user = tx
+                .prepare_cached(
+                    "INSERT INTO users (app_id, email, email_verified_at, last_login_at, created_at)
+                     VALUES (?1, ?2, ?3, ?3, ?3)
+                     ON CONFLICT (app_id, email) DO UPDATE SET last_login_at = excluded.last_login_at
+                     RETURNING id, email, name, email_verified_at, last_login_at",
+                )?
+                .query_row(params![app_id, email, now], |row| {
+                    Ok(UserRecord {
+                        id: row.get(0)?,
+                        email: row.get(1)?,
+                        name: row.get(2)?,
+                        email_verified_at: row.get(3)?,
+                        last_login_at: row.get(4)?,
+                    })
+                })?;
+            tx.commit()?;
+            Ok(ConsumeOutcome::Consumed { user, redirect_url })
         })
+        .await
     }
 
     async fn claim_idempotency_key(&self, q: &IdempotencyQuery<'_>) -> StoreResult<IdempotencyClaim> {
-        // A new key (the common case) is one statement.
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (app_id, key) DO NOTHING",
-        )
-        .bind(q.app_id)
-        .bind(q.key)
-        .bind(&q.request_hash[..])
-        .bind(q.now)
-        .execute(&self.pool)
-        .await?;
-        if inserted.rows_affected() == 1 {
-            return Ok(IdempotencyClaim::Claimed);
-        }
-        let mut tx = self.write_tx().await?;
-        let existing = sqlx::query(
-            "SELECT request_hash, status, body, created_at FROM idempotency_keys WHERE app_id = ?1 AND key = ?2",
-        )
-        .bind(q.app_id)
-        .bind(q.key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = existing {
-            let created_at: i64 = row.try_get("created_at")?;
-            let status: Option<i64> = row.try_get("status")?;
-            let expired = created_at <= q.now - q.retention_ms;
-            let abandoned = status.is_none() && created_at <= q.now - q.abandon_after_ms;
-            if !expired && !abandoned {
-                tx.rollback().await?;
-                let stored_hash: Vec<u8> = row.try_get("request_hash")?;
-                if stored_hash.as_slice() != q.request_hash.as_slice() {
-                    return Ok(IdempotencyClaim::Mismatch);
-                }
-                return Ok(match status {
-                    None => IdempotencyClaim::InProgress,
-                    Some(status) => IdempotencyClaim::Replay(StoredResponse {
-                        status: u16::try_from(status).map_err(|_| StoreError::Corrupt("status".into()))?,
-                        body: row.try_get::<Option<String>, _>("body")?.unwrap_or_default(),
-                    }),
-                });
+        let (app_id, key, request_hash) = (q.app_id.to_owned(), q.key.to_owned(), q.request_hash.to_vec());
+        let (now, retention_ms, abandon_after_ms) = (q.now, q.retention_ms, q.abandon_after_ms);
+        self.run(move |conn| {
+            let insert = "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4)
+                          ON CONFLICT (app_id, key) DO NOTHING";
+            // A new key (the common case) is one statement.
+            if conn
+                .prepare_cached(insert)?
+                .execute(params![app_id, key, request_hash, now])?
+                == 1
+            {
+                return Ok(IdempotencyClaim::Claimed);
             }
-            sqlx::query("DELETE FROM idempotency_keys WHERE app_id = ?1 AND key = ?2")
-                .bind(q.app_id)
-                .bind(q.key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("INSERT INTO idempotency_keys (app_id, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4)")
-            .bind(q.app_id)
-            .bind(q.key)
-            .bind(&q.request_hash[..])
-            .bind(q.now)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(IdempotencyClaim::Claimed)
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let existing: Option<(Vec<u8>, Option<i64>, Option<String>, i64)> = tx
+                .prepare_cached(
+                    "SELECT request_hash, status, body, created_at FROM idempotency_keys WHERE app_id = ?1 AND key = ?2",
+                )?
+                .query_row(params![app_id, key], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })
+                .optional()?;
+            if let Some((stored_hash, status, body, created_at)) = existing {
+                let expired = created_at <= now - retention_ms;
+                let abandoned = status.is_none() && created_at <= now - abandon_after_ms;
+                if !expired && !abandoned {
+                    if stored_hash != request_hash {
+                        return Ok(IdempotencyClaim::Mismatch);
+                    }
+                    return Ok(match status {
+                        None => IdempotencyClaim::InProgress,
+                        Some(status) => IdempotencyClaim::Replay(StoredResponse {
+                            status: u16::try_from(status).map_err(|_| StoreError::Corrupt("status".into()))?,
+                            body: body.unwrap_or_default(),
+                        }),
+                    });
+                }
+                tx.prepare_cached("DELETE FROM idempotency_keys WHERE app_id = ?1 AND key = ?2")?
+                    .execute(params![app_id, key])?;
+            }
+            tx.prepare_cached(insert)?
+                .execute(params![app_id, key, request_hash, now])?;
+            tx.commit()?;
+            Ok(IdempotencyClaim::Claimed)
+        })
+        .await
     }
 
     async fn complete_idempotency_key(&self, app_id: &str, key: &str, response: &StoredResponse) -> StoreResult<()> {
-        sqlx::query("UPDATE idempotency_keys SET status = ?1, body = ?2 WHERE app_id = ?3 AND key = ?4")
-            .bind(i64::from(response.status))
-            .bind(&response.body)
-            .bind(app_id)
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let (app_id, key, response) = (app_id.to_owned(), key.to_owned(), response.clone());
+        self.run(move |conn| {
+            conn.prepare_cached("UPDATE idempotency_keys SET status = ?1, body = ?2 WHERE app_id = ?3 AND key = ?4")?
+                .execute(params![i64::from(response.status), response.body, app_id, key])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn release_idempotency_key(&self, app_id: &str, key: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE app_id = ?1 AND key = ?2 AND status IS NULL")
-            .bind(app_id)
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let (app_id, key) = (app_id.to_owned(), key.to_owned());
+        self.run(move |conn| {
+            conn.prepare_cached("DELETE FROM idempotency_keys WHERE app_id = ?1 AND key = ?2 AND status IS NULL")?
+                .execute(params![app_id, key])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn signing_key(&self, candidate: &SigningKeyRecord) -> StoreResult<SigningKeyRecord> {
-        sqlx::query(
-            "INSERT INTO signing_keys (slot, kid, private_key, public_key, created_at)
-             VALUES ('current', ?1, ?2, ?3, ?4) ON CONFLICT (slot) DO NOTHING",
-        )
-        .bind(&candidate.kid)
-        .bind(&candidate.private_pkcs8)
-        .bind(&candidate.public_key)
-        .bind(candidate.created_at)
-        .execute(&self.pool)
-        .await?;
-        let row =
-            sqlx::query("SELECT kid, private_key, public_key, created_at FROM signing_keys WHERE slot = 'current'")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(SigningKeyRecord {
-            kid: row.try_get("kid")?,
-            private_pkcs8: row.try_get("private_key")?,
-            public_key: row.try_get("public_key")?,
-            created_at: row.try_get("created_at")?,
+        let candidate = candidate.clone();
+        self.run(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO signing_keys (slot, kid, private_key, public_key, created_at)
+                 VALUES ('current', ?1, ?2, ?3, ?4) ON CONFLICT (slot) DO NOTHING",
+            )?
+            .execute(params![
+                candidate.kid,
+                candidate.private_pkcs8,
+                candidate.public_key,
+                candidate.created_at
+            ])?;
+            let key = conn
+                .prepare_cached(
+                    "SELECT kid, private_key, public_key, created_at FROM signing_keys WHERE slot = 'current'",
+                )?
+                .query_row([], |row| {
+                    Ok(SigningKeyRecord {
+                        kid: row.get(0)?,
+                        private_pkcs8: row.get(1)?,
+                        public_key: row.get(2)?,
+                        created_at: row.get(3)?,
+                    })
+                })?;
+            Ok(key)
         })
+        .await
     }
 
     async fn claim_outbox(&self, now: Millis, lease_until: Millis, limit: u32) -> StoreResult<Vec<OutboxMail>> {
-        let rows = sqlx::query(
-            "UPDATE outbox SET locked_until = ?1, attempts = attempts + 1
-             WHERE id IN (
-                 SELECT id FROM outbox
-                 WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ?2
-                   AND (locked_until IS NULL OR locked_until <= ?2)
-                 ORDER BY next_attempt_at, id LIMIT ?3)
-             RETURNING id, recipient, message_id, subject, text_body, html_body, created_at, attempts",
-        )
-        .bind(lease_until)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut mails = rows
-            .iter()
-            .map(|row| {
+        self.run(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "UPDATE outbox SET locked_until = ?1, attempts = attempts + 1
+                 WHERE id IN (
+                     SELECT id FROM outbox
+                     WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ?2
+                       AND (locked_until IS NULL OR locked_until <= ?2)
+                     ORDER BY next_attempt_at, id LIMIT ?3)
+                 RETURNING id, recipient, message_id, subject, text_body, html_body, created_at, attempts",
+            )?;
+            let rows = statement.query_map(params![lease_until, now, i64::from(limit)], |row| {
                 Ok(OutboxMail {
-                    id: row.try_get("id")?,
-                    recipient: row.try_get("recipient")?,
-                    message_id: row.try_get("message_id")?,
-                    subject: row.try_get("subject")?,
-                    text_body: row.try_get::<Option<String>, _>("text_body")?.unwrap_or_default(),
-                    html_body: row.try_get::<Option<String>, _>("html_body")?.unwrap_or_default(),
-                    created_at: row.try_get("created_at")?,
-                    attempts: row.try_get("attempts")?,
+                    id: row.get(0)?,
+                    recipient: row.get(1)?,
+                    message_id: row.get(2)?,
+                    subject: row.get(3)?,
+                    text_body: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    html_body: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                    created_at: row.get(6)?,
+                    attempts: row.get(7)?,
                     lease_until,
                 })
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
-        mails.sort_by_key(|m| m.id);
-        Ok(mails)
+            })?;
+            let mut mails = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            mails.sort_by_key(|m| m.id);
+            Ok(mails)
+        })
+        .await
     }
 
     async fn outbox_sent(&self, id: i64, now: Millis) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE outbox SET sent_at = ?1, locked_until = NULL, last_error = NULL, text_body = NULL, html_body = NULL
-             WHERE id = ?2",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.run(move |conn| {
+            conn.prepare_cached(
+                "UPDATE outbox SET sent_at = ?1, locked_until = NULL, last_error = NULL, text_body = NULL,
+                                   html_body = NULL
+                 WHERE id = ?2",
+            )?
+            .execute(params![now, id])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn outbox_retry(
@@ -501,52 +660,55 @@ impl Store for SqliteStore {
         next_attempt_at: Millis,
         error: &str,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE outbox SET next_attempt_at = ?1, locked_until = NULL, last_error = ?2
-             WHERE id = ?3 AND locked_until = ?4",
-        )
-        .bind(next_attempt_at)
-        .bind(error)
-        .bind(id)
-        .bind(lease_until)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let error = error.to_owned();
+        self.run(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE outbox SET next_attempt_at = ?1, locked_until = NULL, last_error = ?2
+                     WHERE id = ?3 AND locked_until = ?4",
+                )?
+                .execute(params![next_attempt_at, error, id, lease_until])?;
+            Ok(changed == 1)
+        })
+        .await
     }
 
     async fn outbox_given_up(&self, id: i64, lease_until: Millis, now: Millis, error: &str) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE outbox SET failed_at = ?1, locked_until = NULL, last_error = ?2, text_body = NULL, html_body = NULL
-             WHERE id = ?3 AND locked_until = ?4",
-        )
-        .bind(now)
-        .bind(error)
-        .bind(id)
-        .bind(lease_until)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let error = error.to_owned();
+        self.run(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE outbox SET failed_at = ?1, locked_until = NULL, last_error = ?2, text_body = NULL,
+                                       html_body = NULL
+                     WHERE id = ?3 AND locked_until = ?4",
+                )?
+                .execute(params![now, error, id, lease_until])?;
+            Ok(changed == 1)
+        })
+        .await
     }
 
     async fn outbox_release(&self, id: i64, lease_until: Millis) -> StoreResult<bool> {
-        // Not attempted: the claim's count of the attempt is taken back.
-        let done = sqlx::query(
-            "UPDATE outbox SET locked_until = NULL, attempts = attempts - 1
-             WHERE id = ?1 AND locked_until = ?2 AND sent_at IS NULL AND failed_at IS NULL",
-        )
-        .bind(id)
-        .bind(lease_until)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.run(move |conn| {
+            // Not attempted: the claim's count of the attempt is taken back.
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE outbox SET locked_until = NULL, attempts = attempts - 1
+                     WHERE id = ?1 AND locked_until = ?2 AND sent_at IS NULL AND failed_at IS NULL",
+                )?
+                .execute(params![id, lease_until])?;
+            Ok(changed == 1)
+        })
+        .await
     }
 
     async fn outbox_depth(&self) -> StoreResult<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        self.run(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL")?
+                .query_row([], |row| row.get(0))?)
+        })
+        .await
     }
 
     async fn purge(&self, r: &Retention) -> StoreResult<()> {
@@ -565,9 +727,93 @@ impl Store for SqliteStore {
                 r.now - r.outbox_done_ms,
             ),
         ];
+        // One statement per operation, so writers of the API wait for the
+        // write lock no longer than one DELETE.
         for (sql, cutoff) in statements {
-            sqlx::query(sql).bind(cutoff).execute(&self.pool).await?;
+            self.run(move |conn| {
+                conn.prepare_cached(sql)?.execute([cutoff])?;
+                Ok(())
+            })
+            .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::domain::AppKey;
+
+    fn app(id: &str) -> NewApp {
+        NewApp {
+            record: AppRecord {
+                id: id.into(),
+                name: id.into(),
+                plan: Plan::Free,
+                burst: 100,
+                monthly_limit: None,
+                token_ttl_s: 900,
+                session_ttl_s: 3600,
+                redirect_urls: vec!["https://app.example.com/cb".into()],
+                disabled: false,
+                created_at: 0,
+            },
+            key_hash: AppKey::generate().hash(),
+        }
+    }
+
+    /// A write that meets another process's write lock must wait for it off
+    /// the async worker: on a single-threaded runtime, this test could not
+    /// go on to release the lock if the write blocked the thread.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_locked_database_is_waited_for_off_the_async_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("busy.db");
+        let store = SqliteStore::connect(&DatabaseOptions::new(format!("sqlite://{}", path.display())))
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        store.create_app(&app("app_first")).await.expect("first app");
+
+        let (locked_tx, locked_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let mut other = Connection::open(&path).expect("open");
+            let tx = other
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .expect("lock");
+            locked_tx.send(()).expect("signal");
+            release_rx.recv().expect("release");
+            tx.commit().expect("commit");
+        });
+        locked_rx.recv().expect("locked");
+
+        let write = tokio::spawn({
+            let store = SqliteStore {
+                pool: Arc::clone(&store.pool),
+                url: store.url.clone(),
+            };
+            async move { store.create_app(&app("app_second")).await }
+        });
+        // Reads do not wait for writers in WAL mode.
+        assert_eq!(store.list_apps().await.expect("read").len(), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!write.is_finished(), "the write went through a held lock");
+        release_tx.send(()).expect("release");
+        write.await.expect("join").expect("the write waited and succeeded");
+        holder.join().expect("holder");
+        assert_eq!(store.list_apps().await.expect("read").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_url_is_refused() {
+        let error = SqliteStore::connect(&DatabaseOptions::new("sqlite::memory:"))
+            .await
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("in-memory"), "{error}");
     }
 }
