@@ -14,20 +14,45 @@ use crate::runtime::{self, ForkSafeRuntime};
 #[pyclass(module = "magicauth._native", frozen)]
 pub struct NativeClient {
     builder: ClientBuilder,
-    /// The client and the process it was built in: a forked child rebuilds
-    /// it, since pooled connections belong to the parent.
-    inner: Mutex<(u32, Client)>,
+    clients: Mutex<Clients>,
+}
+
+/// One client per runtime, since a pooled connection is served by a task of
+/// the runtime that opened it; and the process they were built in: a forked
+/// child builds its own, since pooled connections belong to the parent.
+struct Clients {
+    pid: u32,
+    blocking: Option<Client>,
+    asyncio: Option<Client>,
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Blocking,
+    Asyncio,
 }
 
 impl NativeClient {
-    fn client(&self, py: Python<'_>) -> PyResult<Client> {
+    fn client(&self, py: Python<'_>, mode: Mode) -> PyResult<Client> {
         let pid = std::process::id();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if inner.0 != pid {
-            let client = self.builder.clone().build().map_err(|e| to_py_err(py, e))?;
-            *inner = (pid, client);
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if clients.pid != pid {
+            *clients = Clients {
+                pid,
+                blocking: None,
+                asyncio: None,
+            };
         }
-        Ok(inner.1.clone())
+        let slot = match mode {
+            Mode::Blocking => &mut clients.blocking,
+            Mode::Asyncio => &mut clients.asyncio,
+        };
+        if let Some(client) = slot {
+            return Ok(client.clone());
+        }
+        let client = self.builder.clone().build().map_err(|e| to_py_err(py, e))?;
+        *slot = Some(client.clone());
+        Ok(client)
     }
 
     /// Runs `call` on the runtime with the GIL released.
@@ -37,8 +62,8 @@ impl NativeClient {
         F: FnOnce(Client) -> Fut + Send,
         Fut: Future<Output = Result<T, magicauth::Error>> + Send,
     {
-        let client = self.client(py)?;
-        py.detach(move || runtime::get().block_on(call(client)))
+        let client = self.client(py, Mode::Blocking)?;
+        py.detach(move || runtime::blocking().block_on(call(client)))
             .map_err(|e| to_py_err(py, e))
     }
 
@@ -54,7 +79,7 @@ impl NativeClient {
         F: FnOnce(Client) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, magicauth::Error>> + Send + 'static,
     {
-        let client = self.client(py)?;
+        let client = self.client(py, Mode::Asyncio)?;
         pyo3_async_runtimes::generic::future_into_py::<ForkSafeRuntime, _, _>(py, async move {
             let result = call(client).await;
             Python::attach(|py| match result {
@@ -133,16 +158,21 @@ impl NativeClient {
             user_agent.unwrap_or_else(|| format!("magicauth-python/{} (rust core)", env!("CARGO_PKG_VERSION"))),
         );
         let builder = builder.from_env();
+        // Built now so that a bad configuration fails here, not at the first call.
         let client = builder.clone().build().map_err(|e| to_py_err(py, e))?;
         Ok(Self {
             builder,
-            inner: Mutex::new((std::process::id(), client)),
+            clients: Mutex::new(Clients {
+                pid: std::process::id(),
+                blocking: Some(client),
+                asyncio: None,
+            }),
         })
     }
 
     #[getter]
     fn base_url(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(self.client(py)?.base_url().to_owned())
+        Ok(self.client(py, Mode::Blocking)?.base_url().to_owned())
     }
 
     #[pyo3(signature = (email, redirect_url=None))]
@@ -190,7 +220,7 @@ impl NativeClient {
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
-        match self.client(py) {
+        match self.client(py, Mode::Blocking) {
             Ok(c) => format!("NativeClient(base_url={:?})", c.base_url()),
             Err(_) => "NativeClient()".to_owned(),
         }

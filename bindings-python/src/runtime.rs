@@ -1,4 +1,13 @@
-//! One tokio runtime per process, rebuilt after `fork()`.
+//! The tokio runtimes of the process, rebuilt after `fork()`.
+//!
+//! Blocking calls run on a current-thread runtime that the calling thread
+//! drives itself inside `block_on`: the request, its connection's task and
+//! the socket's readiness are all handled on that thread, with no hand-off
+//! to another thread and back (on small machines those wake-ups cost more
+//! than the HTTP exchange). Several threads may call at once: one drives the
+//! runtime while the others wait for their own results or for their turn.
+//! asyncio calls need tasks that progress with no caller waiting, so they
+//! run on a multi-thread runtime, with their own connections.
 //!
 //! gunicorn and uWSGI import the app, then fork workers. A forked child has
 //! the parent's memory but none of its threads, so the parent's runtime is
@@ -13,9 +22,12 @@ use pyo3_async_runtimes::TaskLocals;
 use pyo3_async_runtimes::generic::{ContextExt, Runtime as AsyncRuntime};
 use tokio::runtime::Runtime;
 
-static RUNTIME: OnceLock<Mutex<(u32, &'static Runtime)>> = OnceLock::new();
+type Slot = OnceLock<Mutex<(u32, &'static Runtime)>>;
 
-fn start() -> &'static Runtime {
+static RUNTIME: Slot = OnceLock::new();
+static BLOCKING: Slot = OnceLock::new();
+
+fn start_multi_thread() -> &'static Runtime {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("magicauth")
@@ -24,15 +36,33 @@ fn start() -> &'static Runtime {
     Box::leak(Box::new(runtime))
 }
 
-/// The runtime of the current process.
-pub fn get() -> &'static Runtime {
+fn start_current_thread() -> &'static Runtime {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("starting the MagicAuth tokio runtime");
+    Box::leak(Box::new(runtime))
+}
+
+/// The runtime in `slot` for the current process.
+fn of_this_process(slot: &Slot, start: fn() -> &'static Runtime) -> &'static Runtime {
     let pid = std::process::id();
-    let cell = RUNTIME.get_or_init(|| Mutex::new((pid, start())));
+    let cell = slot.get_or_init(|| Mutex::new((pid, start())));
     let mut current = cell.lock().unwrap_or_else(|e| e.into_inner());
     if current.0 != pid {
         *current = (pid, start());
     }
     current.1
+}
+
+/// The multi-thread runtime of the current process, for asyncio calls.
+pub fn get() -> &'static Runtime {
+    of_this_process(&RUNTIME, start_multi_thread)
+}
+
+/// The current-thread runtime of the current process, for blocking calls.
+pub fn blocking() -> &'static Runtime {
+    of_this_process(&BLOCKING, start_current_thread)
 }
 
 tokio::task_local! {
