@@ -7,7 +7,8 @@ use napi::bindgen_prelude::{PromiseRaw, ToNapiValue};
 use napi::{Env, Result};
 use napi_derive::napi;
 
-use crate::error::{configuration, to_js_error};
+use crate::error::{configuration, rejection, to_js_error};
+use crate::runtime;
 use crate::types::{ClientOptions, SendLinkResponse, SessionClaims, Verification};
 
 /// A MagicAuth client: one connection pool, shared by every call.
@@ -91,15 +92,13 @@ fn client(options: Option<ClientOptions>) -> std::result::Result<magicauth::Clie
     builder.from_env().build()
 }
 
-/// Runs `call` on the tokio runtime and returns a Promise of its outcome. The
-/// future always resolves to `Ok`, so the core error reaches the JS thread,
-/// where it becomes a JavaScript error with its fields as properties.
+/// Runs `call` on the I/O thread and returns a Promise of its outcome; a core
+/// error rejects it with a JavaScript error carrying the error's fields as
+/// properties (built on the JavaScript thread).
 fn settle<'env, T, F>(env: &'env Env, call: F) -> Result<PromiseRaw<'env, T>>
 where
     T: ToNapiValue + Send + 'static,
     F: Future<Output = std::result::Result<T, magicauth::Error>> + Send + 'static,
 {
-    env.spawn_future_with_callback(async move { Ok(call.await) }, |env, outcome| {
-        outcome.map_err(|error| to_js_error(env, &error))
-    })
+    runtime::spawn(env, call, rejection)
 }

@@ -7,8 +7,8 @@
 //! (`TokenAlreadyUsed`), `reason` the bare message, and `status`,
 //! `retryAfter` (seconds) and `rawBody` when the core error has them.
 
-use napi::bindgen_prelude::JsObjectValue;
-use napi::{Env, JsValue};
+use napi::bindgen_prelude::{JsObjectValue, Object};
+use napi::{Env, JsValue, sys};
 
 /// The core variant's name, which picks the JavaScript class.
 fn kind(error: &magicauth::Error) -> &'static str {
@@ -31,12 +31,23 @@ fn kind(error: &magicauth::Error) -> &'static str {
     }
 }
 
-/// The JavaScript error for `error`, ready to be thrown or to reject a Promise.
+/// The JavaScript error for `error`, ready to be thrown.
 pub fn to_js_error(env: &Env, error: &magicauth::Error) -> napi::Error {
-    build(env, error).unwrap_or_else(|failure| failure)
+    match build(env, error) {
+        Ok(object) => napi::Error::from(object.to_unknown()),
+        Err(failure) => failure,
+    }
 }
 
-fn build(env: &Env, error: &magicauth::Error) -> napi::Result<napi::Error> {
+/// The JavaScript error for `error` as a value, to reject a Promise with.
+pub fn rejection(env: &Env, error: &magicauth::Error) -> sys::napi_value {
+    match build(env, error) {
+        Ok(object) => object.raw(),
+        Err(failure) => crate::runtime::error_value(env, failure),
+    }
+}
+
+fn build<'env>(env: &'env Env, error: &magicauth::Error) -> napi::Result<Object<'env>> {
     let chain = error.describe();
     let code = error.code().to_ascii_uppercase();
     let mut object = env.create_error(napi::Error::from_reason(chain))?;
@@ -52,7 +63,7 @@ fn build(env: &Env, error: &magicauth::Error) -> napi::Result<napi::Error> {
     if let Some(body) = error.raw_body() {
         object.set_named_property("rawBody", body)?;
     }
-    Ok(napi::Error::from(object.to_unknown()))
+    Ok(object)
 }
 
 /// A configuration error for an option the binding checks itself.

@@ -5,6 +5,7 @@
 
 mod client;
 mod error;
+mod runtime;
 mod types;
 
 use napi_derive::napi;

@@ -1,0 +1,294 @@
+//! How a call runs. Its future runs on one I/O thread that drives a
+//! current-thread tokio runtime, so a request and the HTTP connection task it
+//! talks to share a thread and wake no other; its outcome comes back to the
+//! JavaScript thread through one long-lived threadsafe function per
+//! environment, which settles the call's Promise there. A call so costs two
+//! thread hand-offs (JavaScript → I/O thread → JavaScript) and no per-call
+//! setup. (napi's `spawn_future_with_callback` would run the future on a
+//! multi-thread runtime, whose workers wake each other, and create and close
+//! a threadsafe function, a libuv handle, for every call.)
+//!
+//! Only the JavaScript thread touches napi values. The I/O thread hands back a
+//! closure that converts the outcome; it runs on the JavaScript thread.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::future::Future;
+use std::ptr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use napi::bindgen_prelude::{PromiseRaw, ToNapiValue};
+use napi::tokio::runtime::{Builder, Handle};
+use napi::{Env, Error, JsError, Result, Status, sys};
+
+/// Converts a call's outcome on the JavaScript thread: `Ok` resolves the
+/// Promise with the value, `Err` rejects it with the value.
+type Settle = Box<dyn FnOnce(&Env) -> std::result::Result<sys::napi_value, sys::napi_value> + Send>;
+
+/// The handle of the runtime; the runtime itself lives on its thread for the
+/// rest of the process, shared by every client and every environment.
+fn runtime() -> Result<&'static Handle> {
+    static RUNTIME: OnceLock<std::result::Result<Handle, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let runtime = Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("could not start the I/O runtime: {e}"))?;
+            let handle = runtime.handle().clone();
+            // The thread runs this image's code until the process exits.
+            napi::bindgen_prelude::retain_current_module_for_unload_safety();
+            std::thread::Builder::new()
+                .name("magicauth-io".to_owned())
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .map_err(|e| format!("could not start the I/O thread: {e}"))?;
+            Ok(handle)
+        })
+        .as_ref()
+        .map_err(|reason| Error::new(Status::GenericFailure, reason.clone()))
+}
+
+/// Runs `call` on the I/O thread and returns a Promise of its outcome:
+/// resolved with `T`, or rejected with the error `reject` builds (on the
+/// JavaScript thread) from the call's error.
+pub fn spawn<'env, T, E, F>(
+    env: &'env Env,
+    call: F,
+    reject: fn(&Env, &E) -> sys::napi_value,
+) -> Result<PromiseRaw<'env, T>>
+where
+    T: ToNapiValue + Send + 'static,
+    E: Send + 'static,
+    F: Future<Output = std::result::Result<T, E>> + Send + 'static,
+{
+    let handle = runtime()?;
+    let bridge = Bridge::of(env)?;
+    let mut deferred = ptr::null_mut();
+    let mut promise = ptr::null_mut();
+    check(unsafe { sys::napi_create_promise(env.raw(), &mut deferred, &mut promise) })?;
+    let settler = Settler {
+        deferred: Some(Deferred(deferred)),
+        shared: Arc::clone(&bridge.shared),
+    };
+    bridge.call_started(env);
+    handle.spawn(async move {
+        let mut settler = settler;
+        let outcome = call.await;
+        settler.settle(Box::new(move |env| match outcome {
+            Ok(value) => unsafe { T::to_napi_value(env.raw(), value) }.map_err(|e| error_value(env, e)),
+            Err(error) => Err(reject(env, &error)),
+        }));
+    });
+    Ok(PromiseRaw::new(env.raw(), promise))
+}
+
+/// A JavaScript value for a napi error (a failed conversion).
+pub fn error_value(env: &Env, error: Error) -> sys::napi_value {
+    unsafe { JsError::from(error).into_value(env.raw()) }
+}
+
+fn check(status: sys::napi_status) -> Result<()> {
+    if status == sys::Status::napi_ok {
+        Ok(())
+    } else {
+        Err(Error::new(Status::from(status), "Node-API call failed"))
+    }
+}
+
+/// A Promise's deferred: only ever used on its environment's JavaScript
+/// thread, carried through the I/O thread untouched.
+struct Deferred(sys::napi_deferred);
+
+// SAFETY: the pointer is only dereferenced (by Node-API) on the JavaScript
+// thread that created it, in `settle_on_js_thread`.
+unsafe impl Send for Deferred {}
+
+/// What the I/O thread sends back: a deferred and how to settle it.
+struct Settlement {
+    deferred: Deferred,
+    settle: Settle,
+}
+
+/// The part of an environment's bridge that the I/O thread uses: its
+/// threadsafe function, `None` once the environment is tearing down.
+struct Shared {
+    tsfn: Mutex<Option<Tsfn>>,
+}
+
+struct Tsfn(sys::napi_threadsafe_function);
+
+// SAFETY: calling a threadsafe function from any thread is its purpose; the
+// mutex in `Shared` keeps a call from racing the environment's teardown.
+unsafe impl Send for Tsfn {}
+
+impl Shared {
+    fn send(&self, settlement: Settlement) {
+        let data = Box::into_raw(Box::new(settlement));
+        let tsfn = self.tsfn.lock().unwrap_or_else(PoisonError::into_inner);
+        let status = match tsfn.as_ref() {
+            Some(tsfn) => unsafe {
+                sys::napi_call_threadsafe_function(tsfn.0, data.cast(), sys::ThreadsafeFunctionCallMode::nonblocking)
+            },
+            None => sys::Status::napi_closing,
+        };
+        drop(tsfn);
+        if status != sys::Status::napi_ok {
+            // The environment is gone: there is no Promise left to settle.
+            drop(unsafe { Box::from_raw(data) });
+        }
+    }
+}
+
+/// Settles one call's Promise exactly once: with the call's outcome, or, if
+/// the task is dropped without one (the call panicked), with an error, so
+/// that no Promise stays pending and keeps the event loop alive.
+struct Settler {
+    deferred: Option<Deferred>,
+    shared: Arc<Shared>,
+}
+
+impl Settler {
+    fn settle(&mut self, settle: Settle) {
+        if let Some(deferred) = self.deferred.take() {
+            self.shared.send(Settlement { deferred, settle });
+        }
+    }
+}
+
+impl Drop for Settler {
+    fn drop(&mut self) {
+        self.settle(Box::new(|env| {
+            Err(error_value(
+                env,
+                Error::new(Status::GenericFailure, "the call failed unexpectedly (panic)"),
+            ))
+        }));
+    }
+}
+
+/// One environment's threadsafe function and its count of unsettled calls,
+/// kept by that environment's JavaScript thread. The threadsafe function keeps
+/// the event loop alive only while a call is unsettled.
+struct Bridge {
+    env: sys::napi_env,
+    tsfn: sys::napi_threadsafe_function,
+    shared: Arc<Shared>,
+    pending: std::cell::Cell<usize>,
+}
+
+thread_local! {
+    /// The bridge of the environment whose JavaScript thread this is.
+    static BRIDGE: RefCell<Option<Rc<Bridge>>> = const { RefCell::new(None) };
+}
+
+impl Bridge {
+    fn of(env: &Env) -> Result<Rc<Bridge>> {
+        let existing = BRIDGE.with_borrow(|bridge| bridge.as_ref().filter(|b| b.env == env.raw()).cloned());
+        if let Some(bridge) = existing {
+            return Ok(bridge);
+        }
+        let bridge = Rc::new(Self::create(env)?);
+        BRIDGE.set(Some(Rc::clone(&bridge)));
+        Ok(bridge)
+    }
+
+    fn create(env: &Env) -> Result<Bridge> {
+        let raw = env.raw();
+        let mut name = ptr::null_mut();
+        let label = "magicauth";
+        check(unsafe { sys::napi_create_string_utf8(raw, label.as_ptr().cast(), label.len() as isize, &mut name) })?;
+        let mut tsfn = ptr::null_mut();
+        check(unsafe {
+            sys::napi_create_threadsafe_function(
+                raw,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                name,
+                0,
+                1,
+                ptr::null_mut(),
+                None,
+                ptr::null_mut(),
+                Some(settle_on_js_thread),
+                &mut tsfn,
+            )
+        })?;
+        check(unsafe { sys::napi_unref_threadsafe_function(raw, tsfn) })?;
+        let shared = Arc::new(Shared {
+            tsfn: Mutex::new(Some(Tsfn(tsfn))),
+        });
+        // Registered after the threadsafe function, so it runs before Node
+        // finalizes it (cleanup hooks run in reverse order).
+        let hook_data = Arc::into_raw(Arc::clone(&shared)).cast_mut().cast::<c_void>();
+        if let Err(error) = check(unsafe { sys::napi_add_env_cleanup_hook(raw, Some(environment_teardown), hook_data) })
+        {
+            drop(unsafe { Arc::from_raw(hook_data.cast_const().cast::<Shared>()) });
+            unsafe { sys::napi_release_threadsafe_function(tsfn, sys::ThreadsafeFunctionReleaseMode::abort) };
+            return Err(error);
+        }
+        Ok(Bridge {
+            env: raw,
+            tsfn,
+            shared,
+            pending: std::cell::Cell::new(0),
+        })
+    }
+
+    fn call_started(&self, env: &Env) {
+        let pending = self.pending.get();
+        if pending == 0 {
+            unsafe { sys::napi_ref_threadsafe_function(env.raw(), self.tsfn) };
+        }
+        self.pending.set(pending + 1);
+    }
+
+    fn call_settled(&self, env: sys::napi_env) {
+        let pending = self.pending.get().saturating_sub(1);
+        self.pending.set(pending);
+        if pending == 0 {
+            unsafe { sys::napi_unref_threadsafe_function(env, self.tsfn) };
+        }
+    }
+}
+
+/// The threadsafe function's callback, on the JavaScript thread: settles one
+/// call's Promise. `env` is null when the environment is tearing down; then
+/// the settlement is only dropped.
+unsafe extern "C" fn settle_on_js_thread(
+    env: sys::napi_env,
+    _callback: sys::napi_value,
+    _context: *mut c_void,
+    data: *mut c_void,
+) {
+    let Settlement { deferred, settle } = *unsafe { Box::from_raw(data.cast::<Settlement>()) };
+    if env.is_null() {
+        return;
+    }
+    let js_env = Env::from_raw(env);
+    let _ = match settle(&js_env) {
+        Ok(value) => unsafe { sys::napi_resolve_deferred(env, deferred.0, value) },
+        Err(value) => unsafe { sys::napi_reject_deferred(env, deferred.0, value) },
+    };
+    BRIDGE.with_borrow(|bridge| {
+        if let Some(bridge) = bridge.as_ref().filter(|b| b.env == env) {
+            bridge.call_settled(env);
+        }
+    });
+}
+
+/// Env cleanup hook, on the JavaScript thread: stops the I/O thread from
+/// calling the threadsafe function (calls still running settle nothing), and
+/// aborts it before Node finalizes it.
+unsafe extern "C" fn environment_teardown(data: *mut c_void) {
+    let shared = unsafe { Arc::from_raw(data.cast_const().cast::<Shared>()) };
+    let tsfn = shared.tsfn.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(tsfn) = tsfn {
+        BRIDGE.with_borrow_mut(|bridge| {
+            if bridge.as_ref().is_some_and(|b| b.tsfn == tsfn.0) {
+                *bridge = None;
+            }
+        });
+        unsafe { sys::napi_release_threadsafe_function(tsfn.0, sys::ThreadsafeFunctionReleaseMode::abort) };
+    }
+}
