@@ -71,11 +71,16 @@ async fn bench_backend(name: &str, store: &DynStore, calls: usize) {
         store.app_by_key_hash(&key_hash).await.expect("app");
     })
     .await;
+    report(name, "link_refusal (unknown token)", calls, || async {
+        store.link_refusal(&unknown, &app_id, 1).await.expect("refusal");
+    })
+    .await;
     report(name, "consume_link (unknown token)", calls, || async {
         store.consume_link(&unknown, &app_id, 1).await.expect("consume");
     })
     .await;
     let keys: Vec<String> = (0..calls * 6).map(|_| next_key()).collect();
+    let refused: Vec<String> = (0..calls * 6).map(|_| next_key()).collect();
     let mut claimed = keys.iter();
     report(name, "claim_idempotency_key (new key)", calls, || {
         let key = claimed.next().expect("key");
@@ -99,12 +104,34 @@ async fn bench_backend(name: &str, store: &DynStore, calls: usize) {
         status: 400,
         body: r#"{"success":false,"error":"Invalid token","code":"invalid_token"}"#.into(),
     };
+    let mut recorded = refused.iter();
+    report(name, "record_idempotent_response", calls, || {
+        let key = recorded.next().expect("key");
+        let (response, app_id) = (&response, &app_id);
+        async move {
+            let query = IdempotencyQuery {
+                app_id,
+                key,
+                request_hash: &[7; 32],
+                now: 1,
+                retention_ms: 86_400_000,
+                abandon_after_ms: 60_000,
+            };
+            assert!(
+                store
+                    .record_idempotent_response(&query, response)
+                    .await
+                    .expect("record")
+            );
+        }
+    })
+    .await;
     report(name, "complete_idempotency_key", calls, || {
         let key = completed.next().expect("key");
         let (response, app_id) = (&response, &app_id);
         async move {
             store
-                .complete_idempotency_key(&app_id, key, response)
+                .complete_idempotency_key(app_id, key, response)
                 .await
                 .expect("complete");
         }

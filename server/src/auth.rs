@@ -278,12 +278,33 @@ impl AuthService {
         let result = self.consume(app, token).await;
         self.metrics.record_verification(match &result {
             Ok(_) => "success",
-            Err(AuthError::InvalidToken) => "invalid_token",
-            Err(AuthError::TokenUsed) => "token_used",
-            Err(AuthError::TokenExpired) => "token_expired",
-            Err(_) => "error",
+            Err(error) => verification_outcome(error),
         });
         result
+    }
+
+    /// Decides, by reading only, a verification that cannot succeed: a
+    /// malformed, unknown, used or expired token. `None` when the token may
+    /// be consumed (then `verify_token` decides). Refusals are final (a token
+    /// never becomes consumable again), so a refusal can be stored as the
+    /// request's idempotent response without claiming its key first.
+    pub async fn verify_refusal(&self, app: &App, token: &str) -> Result<Option<AuthError>, AuthError> {
+        let refusal = match MagicToken::parse(token.trim()) {
+            None => Some(AuthError::InvalidToken),
+            Some(token) => self
+                .store
+                .link_refusal(&token.hash(), &app.record.id, self.clock.now_ms())
+                .await?
+                .map(|outcome| match outcome {
+                    ConsumeOutcome::Used => AuthError::TokenUsed,
+                    ConsumeOutcome::Expired => AuthError::TokenExpired,
+                    ConsumeOutcome::Invalid | ConsumeOutcome::Consumed { .. } => AuthError::InvalidToken,
+                }),
+        };
+        if let Some(error) = &refusal {
+            self.metrics.record_verification(verification_outcome(error));
+        }
+        Ok(refusal)
     }
 
     async fn consume(&self, app: &App, token: &str) -> Result<VerifyTokenResponse, AuthError> {
@@ -318,6 +339,16 @@ impl AuthService {
             },
             redirect_url,
         })
+    }
+}
+
+/// The `outcome` label of a failed verification in the metrics.
+fn verification_outcome(error: &AuthError) -> &'static str {
+    match error {
+        AuthError::InvalidToken => "invalid_token",
+        AuthError::TokenUsed => "token_used",
+        AuthError::TokenExpired => "token_expired",
+        _ => "error",
     }
 }
 

@@ -144,6 +144,12 @@ pub async fn verify_token(
     };
     let key = IdempotencyKey::from_headers(&headers)?;
     let app = state.auth.authenticate(&request.app_key).await?;
+    // Most failed verifications are decided by one read; their answer is then
+    // stored with one write instead of a claim and a completion.
+    if let Some(refusal) = state.auth.verify_refusal(&app, &request.token).await? {
+        let reply = Reply::error(refusal.into());
+        return idempotency::run_decided(&state, &app.record.id, key, "verify-token", &request, reply).await;
+    }
     idempotency::run(&state, &app.record.id, key, "verify-token", &request, async {
         match state.auth.verify_token(&app, &request.token).await {
             Ok(response) => Reply::ok(&response),

@@ -37,6 +37,58 @@ impl IdempotencyKey {
     }
 }
 
+/// Answers a request whose reply was decided without changing anything (a
+/// final refusal): stores it under a free key with one write, or else, when
+/// the key has a record already, does what `run` does (replays the first
+/// response, refuses another body, or waits for a first request in flight).
+pub async fn run_decided<R: Serialize>(
+    state: &AppState,
+    app_id: &str,
+    key: Option<IdempotencyKey>,
+    endpoint: &str,
+    request: &R,
+    reply: Reply,
+) -> Result<Response, ApiError> {
+    let Some(IdempotencyKey(free_key)) = &key else {
+        return Ok(reply.into_response());
+    };
+    let response = StoredResponse {
+        status: reply.status.as_u16(),
+        body: reply.body.clone(),
+    };
+    let recorded = state
+        .store
+        .record_idempotent_response(
+            &query(state, app_id, free_key, &request_hash(endpoint, request)),
+            &response,
+        )
+        .await
+        .map_err(crate::auth::AuthError::from)?;
+    if recorded {
+        return Ok(reply.into_response());
+    }
+    run(state, app_id, key, endpoint, request, async { reply }).await
+}
+
+fn request_hash<R: Serialize>(endpoint: &str, request: &R) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(endpoint.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(serde_json::to_vec(request).unwrap_or_default());
+    hasher.finalize().into()
+}
+
+fn query<'a>(state: &AppState, app_id: &'a str, key: &'a str, request_hash: &'a [u8; 32]) -> IdempotencyQuery<'a> {
+    IdempotencyQuery {
+        app_id,
+        key,
+        request_hash,
+        now: state.auth.clock.now_ms(),
+        retention_ms: RETENTION.as_millis() as i64,
+        abandon_after_ms: ABANDON_AFTER.as_millis() as i64,
+    }
+}
+
 /// Runs `handler` once per key: replays a finished response, refuses a key
 /// reused for another request, and waits for a duplicate that is in flight.
 pub async fn run<R: Serialize>(
@@ -50,23 +102,12 @@ pub async fn run<R: Serialize>(
     let Some(IdempotencyKey(key)) = key else {
         return Ok(handler.await.into_response());
     };
-    let mut hasher = Sha256::new();
-    hasher.update(endpoint.as_bytes());
-    hasher.update(b"\n");
-    hasher.update(serde_json::to_vec(request).unwrap_or_default());
-    let request_hash: [u8; 32] = hasher.finalize().into();
+    let request_hash = request_hash(endpoint, request);
     let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
     loop {
         let claim = state
             .store
-            .claim_idempotency_key(&IdempotencyQuery {
-                app_id,
-                key: &key,
-                request_hash: &request_hash,
-                now: state.auth.clock.now_ms(),
-                retention_ms: RETENTION.as_millis() as i64,
-                abandon_after_ms: ABANDON_AFTER.as_millis() as i64,
-            })
+            .claim_idempotency_key(&query(state, app_id, &key, &request_hash))
             .await
             .map_err(crate::auth::AuthError::from)?;
         match claim {

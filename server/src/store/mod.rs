@@ -330,7 +330,24 @@ pub trait Store: Send + Sync + 'static {
     /// Marks the token used (once, atomically) and records the login.
     async fn consume_link(&self, token_hash: &SecretHash, app_id: &str, now: Millis) -> StoreResult<ConsumeOutcome>;
 
+    /// Why the token cannot be consumed now (unknown to this app, used or
+    /// expired), by reading only; `None` when it may be. Refusals are final:
+    /// a token never becomes consumable again.
+    async fn link_refusal(
+        &self,
+        token_hash: &SecretHash,
+        app_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<ConsumeOutcome>>;
+
     async fn claim_idempotency_key(&self, query: &IdempotencyQuery<'_>) -> StoreResult<IdempotencyClaim>;
+    /// Stores the finished response of a request under a key nobody holds,
+    /// in one write. False, with nothing written, when the key has a record.
+    async fn record_idempotent_response(
+        &self,
+        query: &IdempotencyQuery<'_>,
+        response: &StoredResponse,
+    ) -> StoreResult<bool>;
     async fn complete_idempotency_key(&self, app_id: &str, key: &str, response: &StoredResponse) -> StoreResult<()>;
     /// Forgets an in-flight claim (the request failed in a way that must not be replayed).
     async fn release_idempotency_key(&self, app_id: &str, key: &str) -> StoreResult<()>;

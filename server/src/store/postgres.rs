@@ -374,6 +374,46 @@ impl Store for PostgresStore {
         })
     }
 
+    async fn link_refusal(
+        &self,
+        token_hash: &SecretHash,
+        app_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<ConsumeOutcome>> {
+        let row = sqlx::query("SELECT app_id, used_at, expires_at FROM magic_links WHERE token_hash = $1")
+            .bind(&token_hash.as_bytes()[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            None => Some(ConsumeOutcome::Invalid),
+            Some(row) if row.try_get::<String, _>("app_id")? != app_id => Some(ConsumeOutcome::Invalid),
+            Some(row) if row.try_get::<Option<i64>, _>("used_at")?.is_some() => Some(ConsumeOutcome::Used),
+            Some(row) if row.try_get::<i64, _>("expires_at")? <= now => Some(ConsumeOutcome::Expired),
+            Some(_) => None,
+        })
+    }
+
+    async fn record_idempotent_response(
+        &self,
+        q: &IdempotencyQuery<'_>,
+        response: &StoredResponse,
+    ) -> StoreResult<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at, status, body)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (app_id, key) DO NOTHING",
+        )
+        .bind(q.app_id)
+        .bind(q.key)
+        .bind(&q.request_hash[..])
+        .bind(q.now)
+        .bind(i32::from(response.status))
+        .bind(&response.body)
+        .execute(&self.pool)
+        .await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
     async fn claim_idempotency_key(&self, q: &IdempotencyQuery<'_>) -> StoreResult<IdempotencyClaim> {
         // Each step is one atomic statement: the insert claims a free key, and
         // a stale record is taken over by a compare-and-swap on what we read,

@@ -510,6 +510,43 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn link_refusal(
+        &self,
+        token_hash: &SecretHash,
+        app_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<ConsumeOutcome>> {
+        let (hash, app_id) = (token_hash.as_bytes().to_vec(), app_id.to_owned());
+        self.run(move |conn| refusal(conn, &hash, &app_id, now)).await
+    }
+
+    async fn record_idempotent_response(
+        &self,
+        q: &IdempotencyQuery<'_>,
+        response: &StoredResponse,
+    ) -> StoreResult<bool> {
+        let (app_id, key, request_hash) = (q.app_id.to_owned(), q.key.to_owned(), q.request_hash.to_vec());
+        let (now, response) = (q.now, response.clone());
+        self.run(move |conn| {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at, status, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (app_id, key) DO NOTHING",
+                )?
+                .execute(params![
+                    app_id,
+                    key,
+                    request_hash,
+                    now,
+                    i64::from(response.status),
+                    response.body
+                ])?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
     async fn claim_idempotency_key(&self, q: &IdempotencyQuery<'_>) -> StoreResult<IdempotencyClaim> {
         let (app_id, key, request_hash) = (q.app_id.to_owned(), q.key.to_owned(), q.request_hash.to_vec());
         let (now, retention_ms, abandon_after_ms) = (q.now, q.retention_ms, q.abandon_after_ms);

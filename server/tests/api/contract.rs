@@ -670,6 +670,45 @@ async fn idempotent_replays(backend: Backend) {
     }
 }
 
+backend_tests!(refused_verifications_are_stored_under_their_key);
+async fn refused_verifications_are_stored_under_their_key(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let (_, key) = app.create_app(&[]).await;
+    let verify = |idem: &'static str, token: String| {
+        let request = app
+            .http
+            .post(format!("{}/api/verify-token", app.base))
+            .header("Idempotency-Key", idem)
+            .json(&json!({"token": token, "app_key": key}));
+        async move { request.send().await.unwrap() }
+    };
+    let replayed = |response: &reqwest::Response| response.headers().get("idempotent-replayed").is_some();
+    let unknown = "A".repeat(43);
+    for (idem, token) in [("unknown", unknown.clone()), ("malformed", "not a token".to_owned())] {
+        let first = verify(idem, token.clone()).await;
+        assert!(!replayed(&first));
+        assert_error(first, 400, "invalid_token").await;
+        let again = verify(idem, token).await;
+        assert!(replayed(&again), "{idem}: the refusal was not stored");
+        assert_error(again, 400, "invalid_token").await;
+        // The key is taken: another body is refused.
+        assert_error(verify(idem, "B".repeat(43)).await, 400, "invalid_request").await;
+    }
+
+    // A used token: the first success replays under its key, a refusal under its own.
+    assert_eq!(app.send_link(&key, "refused@example.com", None).await.status(), 200);
+    let token = token_of(&app.wait_for_mail(1).await[0]);
+    let (status, first) = json_of(verify("ok", token.clone()).await).await;
+    assert_eq!(status, 200);
+    let replay = verify("ok", token.clone()).await;
+    assert!(replayed(&replay));
+    assert_eq!(json_of(replay).await, (200, first));
+    assert_error(verify("late", token.clone()).await, 400, "token_used").await;
+    let again = verify("late", token).await;
+    assert!(replayed(&again));
+    assert_error(again, 400, "token_used").await;
+}
+
 backend_tests!(idempotency_keys_are_forgotten_after_a_day);
 async fn idempotency_keys_are_forgotten_after_a_day(backend: Backend) {
     let app = TestApp::spawn(&backend).await;
