@@ -2,8 +2,10 @@
 // and through plain `fetch` (what the seed's hand-written code does), against
 // the same real server (the test bed) in one run: a cheap error path (an
 // unknown token) and the success path (tokens created beforehand through the
-// real SMTP sink). Prints calls/s, µs per call and the SDK/fetch ratio. No
-// timed assertions: compare the ratios, never absolute numbers across runs.
+// real SMTP sink), and the error path against the test bed's API stand-in
+// that does no work (each client's own cost per call). Prints calls/s, µs per
+// call and the SDK/fetch ratio. No timed assertions: compare the ratios, never
+// absolute numbers across runs.
 //
 // The SDK sends an `Idempotency-Key` with every call (so retries are safe);
 // the server stores it, which costs it a database write the seed's requests
@@ -103,7 +105,7 @@ function report(path, concurrency, n, secs) {
   const us = (/** @type {number} */ s) => ((s / n) * 1e6).toFixed(0).padStart(5)
   const cell = (/** @type {number} */ s) => `${rate(s)} calls/s ${us(s)} µs/call`
   console.log(
-    `${path.padEnd(21)} c=${String(concurrency).padEnd(3)} n=${String(n).padEnd(5)}| ` +
+    `${path.padEnd(22)} c=${String(concurrency).padEnd(3)} n=${String(n).padEnd(5)}| ` +
       `sdk ${cell(secs.sdk)} | fetch ${cell(secs.fetch)} | fetch+idem ${cell(secs.fetchIdem)} | ` +
       `sdk/fetch ${(secs.fetch / secs.sdk).toFixed(2)}x, sdk/fetch+idem ${(secs.fetchIdem / secs.sdk).toFixed(2)}x`,
   )
@@ -119,32 +121,42 @@ try {
   const viaFetch = seedVerify(testbed.baseUrl, appKey, false)
   const viaFetchIdem = seedVerify(testbed.baseUrl, appKey, true)
 
-  // Warm up both: connections, JIT, the server's caches.
-  for (let i = 0; i < 200; i++) {
-    await client.verifyToken(`warm-up-${i}`).catch(() => {})
-    await viaFetch(`warm-up-${i}`)
-    await viaFetchIdem(`warm-up-${i}`)
-  }
-
-  for (const concurrency of CONCURRENCY) {
-    /** @param {typeof viaFetch} verify @returns {(i: number) => Promise<void>} */
-    const fetchCall = (verify) => async (i) => {
-      const body = await verify(`unknown-token-${i}`)
-      if (body.success || body.code !== 'invalid_token') throw new Error(`unexpected ${JSON.stringify(body)}`)
+  // The error path against the real server, then against the test bed's API
+  // stand-in, which answers every call at once with the same error and does
+  // no work: each client's own cost per call, with the server's taken out.
+  for (const [path, baseUrl] of [
+    ['error (invalid_token)', testbed.baseUrl],
+    ['client-only (stand-in)', testbed.nullBaseUrl],
+  ]) {
+    const sdk = new Client({ appKey, baseUrl })
+    const plain = seedVerify(baseUrl, appKey, false)
+    const keyed = seedVerify(baseUrl, appKey, true)
+    // Warm up all three: connections, JIT, the server's caches.
+    for (let i = 0; i < 200; i++) {
+      await sdk.verifyToken(`warm-up-${i}`).catch(() => {})
+      await plain(`warm-up-${i}`)
+      await keyed(`warm-up-${i}`)
     }
-    const secs = await race(CALLS, concurrency, {
-      sdk: async (i) => {
-        try {
-          await client.verifyToken(`unknown-token-${i}`)
-          throw new Error('an unknown token was accepted')
-        } catch (error) {
-          if (!(error instanceof InvalidTokenError)) throw error
-        }
-      },
-      fetch: fetchCall(viaFetch),
-      fetchIdem: fetchCall(viaFetchIdem),
-    })
-    report('error (invalid_token)', concurrency, CALLS, secs)
+    for (const concurrency of CONCURRENCY) {
+      /** @param {typeof viaFetch} verify @returns {(i: number) => Promise<void>} */
+      const fetchCall = (verify) => async (i) => {
+        const body = await verify(`unknown-token-${i}`)
+        if (body.success || body.code !== 'invalid_token') throw new Error(`unexpected ${JSON.stringify(body)}`)
+      }
+      const secs = await race(CALLS, concurrency, {
+        sdk: async (i) => {
+          try {
+            await sdk.verifyToken(`unknown-token-${i}`)
+            throw new Error('an unknown token was accepted')
+          } catch (error) {
+            if (!(error instanceof InvalidTokenError)) throw error
+          }
+        },
+        fetch: fetchCall(plain),
+        fetchIdem: fetchCall(keyed),
+      })
+      report(path, concurrency, CALLS, secs)
+    }
   }
 
   for (const concurrency of CONCURRENCY) {

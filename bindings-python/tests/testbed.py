@@ -46,6 +46,8 @@ class Testbed:
         self.base_url: str = info["base_url"]
         self.server_url: str = info["server_url"]
         self.control_url: str = info["control_url"]
+        self.null_base_url: str = info["null_base_url"]
+        """An API stand-in that refuses every call at once (for benchmarks)."""
 
     def close(self) -> None:
         if self._process.poll() is None:

@@ -42,6 +42,7 @@ export class Testbed {
   /** @type {string} */ baseUrl
   /** @type {string} */ serverUrl
   /** @type {string} */ controlUrl
+  /** An API stand-in that refuses every call at once (for benchmarks). @type {string} */ nullBaseUrl
 
   /** @param {import('node:child_process').ChildProcess} child @param {any} info */
   constructor(child, info) {
@@ -49,6 +50,7 @@ export class Testbed {
     this.baseUrl = info.base_url
     this.serverUrl = info.server_url
     this.controlUrl = info.control_url
+    this.nullBaseUrl = info.null_base_url
   }
 
   /**

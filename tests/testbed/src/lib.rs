@@ -5,6 +5,7 @@
 //! delivered emails, move the server's clock and take SMTP down.
 
 pub mod control;
+pub mod null_api;
 pub mod smtp;
 
 use std::sync::Arc;

@@ -1,12 +1,14 @@
 //! `magicauth-testbed`: starts a test bed and prints one JSON line
-//! `{"base_url", "server_url", "control_url", "smtp_port"}` on stdout, then
+//! `{"base_url", "server_url", "control_url", "smtp_port", "null_base_url"}`
+//! on stdout (`null_base_url`: an API stand-in that refuses every call at
+//! once, for benchmarks; see `null_api`), then
 //! serves until SIGTERM/SIGINT (or, with `--exit-on-stdin-eof`, until its
 //! standard input closes, so it never outlives the suite that started it).
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use magicauth_testbed::{Testbed, control};
+use magicauth_testbed::{Testbed, control, null_api};
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -18,11 +20,15 @@ async fn main() -> anyhow::Result<()> {
     let testbed = Arc::new(Testbed::start().await?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let control_url = format!("http://{}", listener.local_addr()?);
+    let null_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let null_base_url = format!("http://{}/api", null_listener.local_addr()?);
+    tokio::spawn(null_api::serve(null_listener));
     let line = json!({
         "base_url": testbed.base_url,
         "server_url": testbed.server_url,
         "control_url": control_url,
         "smtp_port": testbed.smtp_port(),
+        "null_base_url": null_base_url,
     });
     {
         let mut stdout = std::io::stdout().lock();
