@@ -14,7 +14,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +28,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 /// How long a statement waits for another connection's (or process's) write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often committed pages move from the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Bytes of WAL file kept after a checkpoint resets it.
+const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 64;
 
@@ -57,6 +61,11 @@ impl Pool {
         // (kill -9) without an fsync per transaction. Operators who need
         // power-loss durability run PostgreSQL.
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        // Checkpoints (which fsync) run in the background, not in whichever
+        // request's commit crosses the WAL size threshold.
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
+        ))?;
         Ok(conn)
     }
 
@@ -103,6 +112,7 @@ impl SqliteStore {
         };
         // Open one connection now, so a bad path fails at start-up.
         store.run(|_| Ok(())).await?;
+        tokio::spawn(checkpoint_in_background(Arc::downgrade(&store.pool)));
         Ok(store)
     }
 
@@ -188,6 +198,33 @@ fn app_from_row(row: &Row<'_>) -> StoreResult<AppRecord> {
         disabled: row.get::<_, i64>("disabled")? != 0,
         created_at: row.get("created_at")?,
     })
+}
+
+/// Copies the WAL's committed pages into the database file every
+/// `CHECKPOINT_EVERY`, on the blocking pool, until the store is dropped.
+/// PASSIVE: it never waits for readers or writers, it copies what it can.
+async fn checkpoint_in_background(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        // A pool with every connection busy checkpoints at the next tick.
+        let Ok(permit) = pool.permits.clone().try_acquire_owned() else {
+            continue;
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = pool.take()?;
+            let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            pool.give_back(conn);
+            result
+        })
+        .await;
+        if let Ok(Err(error)) = done {
+            tracing::warn!(%error, "SQLite WAL checkpoint failed");
+        }
+    }
 }
 
 /// `sqlite::memory:` or `mode=memory`: a database private to each connection.
