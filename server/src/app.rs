@@ -93,6 +93,7 @@ impl Application {
             clock: options.clock.clone(),
             policy: RetryPolicy {
                 lease: config.mail_lease.unwrap_or(options.retry.lease),
+                concurrency: config.mail_concurrency.unwrap_or(options.retry.concurrency),
                 ..options.retry
             },
         };

@@ -99,6 +99,11 @@ pub struct Config {
     /// tests shorten it.
     #[arg(long, env = "MAGICAUTH_MAIL_LEASE", value_parser = positive_duration_arg, global = true, hide = true)]
     pub mail_lease: Option<Duration>,
+
+    /// Emails a mail worker sends at once, each on its own SMTP connection
+    /// (default 4). Undocumented; for relays that limit connections.
+    #[arg(long, env = "MAGICAUTH_MAIL_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=64), global = true, hide = true)]
+    pub mail_concurrency: Option<u32>,
 }
 
 impl Config {
@@ -283,6 +288,9 @@ mod tests {
         assert!(Cli::try_parse_from(["magicauth-server", "--database-acquire-timeout", "0s"]).is_err());
         let cli = Cli::try_parse_from(["magicauth-server", "--mail-lease", "3s"]).unwrap();
         assert_eq!(cli.config.mail_lease, Some(Duration::from_secs(3)));
+        let cli = Cli::try_parse_from(["magicauth-server", "--mail-concurrency", "2"]).unwrap();
+        assert_eq!(cli.config.mail_concurrency, Some(2));
+        assert!(Cli::try_parse_from(["magicauth-server", "--mail-concurrency", "0"]).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! of `.eml` files) and the outbox worker that delivers queued messages.
 
 mod message;
+mod smtp;
 mod transport;
 mod worker;
 

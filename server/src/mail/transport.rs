@@ -1,14 +1,16 @@
 //! Mail transports: SMTP via lettre, or `.eml` files in a directory.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use lettre::Message;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use url::Url;
+
+use super::smtp::{MAX_IDLE, SmtpError, SmtpRelay, SmtpServer, SmtpTransaction};
 
 /// `MAGICAUTH_SMTP_URL`: `smtp://` (STARTTLS when offered), `smtps://` (TLS),
 /// `smtp+plain://` (no TLS). Its password never shows in `Debug` or `Display`.
@@ -69,23 +71,21 @@ impl SmtpUrl {
         ))
     }
 
-    /// Builds the lettre transport this URL describes.
-    pub fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    /// The relay this URL describes.
+    pub fn relay(&self) -> Result<SmtpRelay, String> {
         let host = self.host();
-        let tls = |host: &str| TlsParameters::new(host.to_string()).map_err(|e| format!("TLS setup failed: {e}"));
-        let mut builder = match self.0.scheme() {
-            "smtps" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
-                .port(self.0.port().unwrap_or(465))
-                .tls(Tls::Wrapper(tls(&host)?)),
-            "smtp" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
-                .port(self.0.port().unwrap_or(587))
-                .tls(Tls::Opportunistic(tls(&host)?)),
-            _ => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host).port(self.0.port().unwrap_or(25)),
+        let tls = || TlsParameters::new(host.clone()).map_err(|e| format!("TLS setup failed: {e}"));
+        let (tls, default_port) = match self.0.scheme() {
+            "smtps" => (Tls::Wrapper(tls()?), 465),
+            "smtp" => (Tls::Opportunistic(tls()?), 587),
+            _ => (Tls::None, 25),
         };
-        if let Some(credentials) = self.credentials() {
-            builder = builder.credentials(credentials);
-        }
-        Ok(builder.timeout(Some(Duration::from_secs(30))).build())
+        Ok(SmtpRelay::new(SmtpServer {
+            port: self.0.port().unwrap_or(default_port),
+            host,
+            tls,
+            credentials: self.credentials(),
+        }))
     }
 }
 
@@ -118,10 +118,7 @@ pub struct DeliveryError {
 
 /// Where emails go.
 pub enum MailTransport {
-    Smtp {
-        url: SmtpUrl,
-        transport: AsyncSmtpTransport<Tokio1Executor>,
-    },
+    Smtp { url: SmtpUrl, relay: Box<SmtpRelay> },
     Directory(PathBuf),
 }
 
@@ -136,25 +133,77 @@ impl fmt::Debug for MailTransport {
 
 impl MailTransport {
     pub fn smtp(url: SmtpUrl) -> Result<Self, String> {
-        let transport = url.transport()?;
-        Ok(Self::Smtp { url, transport })
+        let relay = Box::new(url.relay()?);
+        Ok(Self::Smtp { url, relay })
     }
 
-    /// Delivers one message. `file_stem` names the `.eml` file in directory mode;
-    /// it is stable per outbox row, so a repeated delivery overwrites rather than duplicates.
-    pub async fn deliver(&self, message: &Message, file_stem: &str) -> Result<(), DeliveryError> {
+    /// Closes the SMTP connections idle for too long to be reused.
+    pub async fn close_stale(&self) {
+        if let MailTransport::Smtp { relay, .. } = self {
+            relay.close_idle(MAX_IDLE).await;
+        }
+    }
+
+    /// Closes every idle SMTP connection (at shutdown).
+    pub async fn close_all(&self) {
+        if let MailTransport::Smtp { relay, .. } = self {
+            relay.close_idle(Duration::ZERO).await;
+        }
+    }
+
+    /// Takes a delivery up to its last step: for SMTP, a connection with the
+    /// sender and recipient accepted. `file_stem` names the `.eml` file in
+    /// directory mode; it is stable per outbox row, so a repeated delivery
+    /// overwrites rather than duplicates.
+    pub async fn prepare(&self, message: &Message, file_stem: &str) -> Result<ReadyDelivery<'_>, DeliveryError> {
+        let email = message.formatted();
         match self {
-            MailTransport::Smtp { transport, .. } => {
-                transport
-                    .send(message.clone())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| DeliveryError {
-                        permanent: e.is_permanent(),
-                        message: format!("SMTP: {e}"),
-                    })
+            MailTransport::Smtp { relay, .. } => {
+                let transaction = Box::new(relay.begin(message.envelope(), &email).await.map_err(smtp_failure)?);
+                Ok(ReadyDelivery::Smtp { transaction, email })
             }
-            MailTransport::Directory(dir) => {
+            MailTransport::Directory(dir) => Ok(ReadyDelivery::File {
+                dir,
+                file_stem: file_stem.to_owned(),
+                email,
+            }),
+        }
+    }
+}
+
+fn smtp_failure(e: SmtpError) -> DeliveryError {
+    DeliveryError {
+        permanent: e.is_permanent(),
+        message: format!("SMTP: {e}"),
+    }
+}
+
+/// A delivery ready for its last step.
+pub enum ReadyDelivery<'a> {
+    Smtp {
+        transaction: Box<SmtpTransaction<'a>>,
+        email: Vec<u8>,
+    },
+    File {
+        dir: &'a Path,
+        file_stem: String,
+        email: Vec<u8>,
+    },
+}
+
+impl ReadyDelivery<'_> {
+    /// Whether the last step may hand the email over for good: then a crash
+    /// before its outcome is recorded means it is sent again. A file is not:
+    /// writing it again replaces it.
+    pub fn is_irrevocable(&self) -> bool {
+        matches!(self, ReadyDelivery::Smtp { .. })
+    }
+
+    /// The last step: the content to the relay, or the file to its directory.
+    pub async fn complete(self) -> Result<(), DeliveryError> {
+        match self {
+            ReadyDelivery::Smtp { transaction, email } => transaction.send(&email).await.map_err(smtp_failure),
+            ReadyDelivery::File { dir, file_stem, email } => {
                 let transient = |e: std::io::Error| DeliveryError {
                     permanent: false,
                     message: format!("writing to {}: {e}", dir.display()),
@@ -162,11 +211,10 @@ impl MailTransport {
                 tokio::fs::create_dir_all(dir).await.map_err(transient)?;
                 let final_path = dir.join(format!("{file_stem}.eml"));
                 let temp_path = dir.join(format!(".{file_stem}.eml.tmp"));
-                let bytes = message.formatted();
                 // Write then rename, so a reader never sees half a message.
                 let file = async {
                     let mut f = tokio::fs::File::create(&temp_path).await?;
-                    tokio::io::AsyncWriteExt::write_all(&mut f, &bytes).await?;
+                    tokio::io::AsyncWriteExt::write_all(&mut f, &email).await?;
                     f.sync_all().await?;
                     tokio::fs::rename(&temp_path, &final_path).await
                 };
@@ -206,13 +254,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_scheme_builds_a_transport() {
+    async fn every_scheme_builds_a_relay() {
         for url in [
             "smtp://u:p@mail.example.com",
             "smtps://mail.example.com",
             "smtp+plain://[::1]:2525",
         ] {
-            assert!(url.parse::<SmtpUrl>().unwrap().transport().is_ok(), "{url}");
+            assert!(url.parse::<SmtpUrl>().unwrap().relay().is_ok(), "{url}");
         }
     }
 }

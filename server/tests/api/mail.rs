@@ -2,6 +2,7 @@
 //! accepted link is delivered exactly once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::smtp::SinkMode;
@@ -63,6 +64,43 @@ async fn links_requested_during_an_smtp_outage_arrive_once_it_is_back(backend: B
         .parse()
         .unwrap();
     assert!(failures >= 1, "outage attempts are counted");
+}
+
+backend_tests!(a_burst_of_links_goes_out_once_each_over_reused_connections);
+/// The worker sends several emails at once, each on its own SMTP connection,
+/// and keeps those connections for the next emails.
+async fn a_burst_of_links_goes_out_once_each_over_reused_connections(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(&backend).await);
+    let (_, key) = app.create_app(&["--burst", "1000"]).await;
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let (app, key) = (app.clone(), key.clone());
+        sends.spawn(async move {
+            app.send_link(&key, &format!("burst{i}@example.com"), None)
+                .await
+                .status()
+        });
+    }
+    while let Some(status) = sends.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let mails = app.wait_for_mail(60).await;
+    settle().await;
+    assert_eq!(app.smtp.messages().await.len(), mails.len());
+    let counts = count_by_recipient(&mails);
+    assert_eq!(counts.len(), 60);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    let limit = magicauth_server::mail::RetryPolicy::default().concurrency as usize;
+    let connections = app.smtp.connections();
+    assert!(
+        (1..=limit).contains(&connections),
+        "{connections} SMTP connections for 60 emails"
+    );
+    assert_eq!(app.store.outbox_depth().await.unwrap(), 0);
+    // Reused connections carry the messages intact: every link works.
+    for mail in &mails {
+        assert_eq!(app.verify(&key, &token_of(mail)).await.status(), 200);
+    }
 }
 
 backend_tests!(temporary_smtp_failures_are_retried);
