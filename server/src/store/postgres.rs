@@ -529,18 +529,22 @@ impl Store for PostgresStore {
         // lease condition so that a row leased by a transaction that committed
         // after our snapshot is re-checked on its new version and skipped.
         // A replica that dies mid-delivery leaves its lease behind: the rows
-        // are claimable again once `locked_until` has passed.
+        // are claimable again once `locked_until` has passed. The CTE is
+        // MATERIALIZED so its LIMIT applies once: as an `IN (subquery)` the
+        // planner may run it again per row (a semi-join) and claim more.
         let rows = sqlx::query(
-            "UPDATE outbox SET locked_until = $1, attempts = attempts + 1
-             WHERE id IN (
+            "WITH due AS MATERIALIZED (
                  SELECT id FROM outbox
                  WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $2
                    AND (locked_until IS NULL OR locked_until <= $2)
                  ORDER BY next_attempt_at, id
                  LIMIT $3
                  FOR UPDATE SKIP LOCKED)
+             UPDATE outbox SET locked_until = $1, attempts = attempts + 1
+             FROM due
+             WHERE outbox.id = due.id
                AND sent_at IS NULL AND failed_at IS NULL AND (locked_until IS NULL OR locked_until <= $2)
-             RETURNING id, recipient, message_id, subject, text_body, html_body, created_at, attempts",
+             RETURNING outbox.id, recipient, message_id, subject, text_body, html_body, created_at, attempts",
         )
         .bind(lease_until)
         .bind(now)
