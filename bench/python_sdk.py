@@ -11,9 +11,9 @@ Clients:
 - ``httpx``:            ``httpx.Client().post(...)`` (connections reused)
 - ``requests-session+key``: the ``requests.Session`` client sending a fresh
   ``Idempotency-Key`` header per call, as the SDK does (so that a retried call
-  is never done twice). The server stores a record per key (two more database
-  writes per call), so comparing with this row separates the SDK's own cost
-  from the cost of that safety on the server.
+  is never done twice). The server stores a record per key (one more database
+  write per refused call, two per success), so comparing with this row
+  separates the SDK's own cost from the cost of that safety on the server.
 
 The HTTP-library clients do the least an app must do with the answer: parse
 the JSON and look at ``success`` (the SDK also checks the status, maps the
@@ -32,7 +32,8 @@ Paths:
 - ``success``: real, single-use tokens (each used once), pre-created before any
   timing by sending links to distinct addresses from an app created with
   ``--burst 1000000`` and reading them from the test bed's SMTP sink. This path
-  includes the server's database write, which dominates.
+  includes the server's database writes (the token's consumption, and the
+  idempotency record for the clients that send a key).
 
 Every client gets a warm-up, then the (path, client) runs are interleaved over
 ``--rounds`` rounds, the client order rotating each round; the table shows the
