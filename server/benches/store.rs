@@ -76,7 +76,7 @@ async fn bench_backend(name: &str, store: &DynStore, calls: usize) {
     })
     .await;
     report(name, "consume_link (unknown token)", calls, || async {
-        store.consume_link(&unknown, &app_id, 1).await.expect("consume");
+        store.consume_link(&unknown, &app_id, 1, None).await.expect("consume");
     })
     .await;
     let keys: Vec<String> = (0..calls * 6).map(|_| next_key()).collect();

@@ -16,8 +16,8 @@ use crate::mail::render_sign_in_email;
 use crate::metrics::Metrics;
 use crate::session::SessionSigner;
 use crate::store::{
-    AppRecord, ConsumeOutcome, CreateLinkOutcome, DynStore, NewLink, NewMail, Plan, RateDecision, RateQuery,
-    StoreError, WindowState,
+    AppRecord, ConsumeOutcome, CreateLinkOutcome, DynStore, IdempotencyQuery, NewLink, NewMail, Plan, RateDecision,
+    RateQuery, StoreError, WindowState,
 };
 
 /// Links one address may request per app in `EMAIL_WINDOW`.
@@ -113,6 +113,14 @@ impl RateInfo {
 
 fn ceil_secs(ms: i64) -> u64 {
     u64::try_from(ms.max(0)).unwrap_or(0).div_ceil(1000)
+}
+
+/// What an operation that claims an Idempotency-Key did.
+#[derive(Debug)]
+pub enum Claimed<T> {
+    Done(T),
+    /// The key has a record already: nothing was done.
+    KeyTaken,
 }
 
 /// Result of `send_link`, with the rate-limit state once the request got that far.
@@ -275,11 +283,27 @@ impl AuthService {
 
     /// `POST /api/verify-token` after authentication.
     pub async fn verify_token(&self, app: &App, token: &str) -> Result<VerifyTokenResponse, AuthError> {
-        let result = self.consume(app, token).await;
-        self.metrics.record_verification(match &result {
-            Ok(_) => "success",
-            Err(error) => verification_outcome(error),
-        });
+        match self.verify_token_claiming(app, token, None).await? {
+            Claimed::Done(response) => Ok(response),
+            Claimed::KeyTaken => Err(AuthError::Internal(anyhow::anyhow!("a key was taken without a claim"))),
+        }
+    }
+
+    /// `verify_token`, claiming the request's Idempotency-Key in the same
+    /// transaction as the token: `KeyTaken` (nothing done) when the key has a
+    /// record already. A refusal claims nothing.
+    pub async fn verify_token_claiming(
+        &self,
+        app: &App,
+        token: &str,
+        claim: Option<&IdempotencyQuery<'_>>,
+    ) -> Result<Claimed<VerifyTokenResponse>, AuthError> {
+        let result = self.consume(app, token, claim).await;
+        match &result {
+            Ok(Claimed::KeyTaken) => {}
+            Ok(Claimed::Done(_)) => self.metrics.record_verification("success"),
+            Err(error) => self.metrics.record_verification(verification_outcome(error)),
+        }
         result
     }
 
@@ -298,7 +322,9 @@ impl AuthService {
                 .map(|outcome| match outcome {
                     ConsumeOutcome::Used => AuthError::TokenUsed,
                     ConsumeOutcome::Expired => AuthError::TokenExpired,
-                    ConsumeOutcome::Invalid | ConsumeOutcome::Consumed { .. } => AuthError::InvalidToken,
+                    ConsumeOutcome::Invalid | ConsumeOutcome::Consumed { .. } | ConsumeOutcome::KeyTaken => {
+                        AuthError::InvalidToken
+                    }
                 }),
         };
         if let Some(error) = &refusal {
@@ -307,11 +333,21 @@ impl AuthService {
         Ok(refusal)
     }
 
-    async fn consume(&self, app: &App, token: &str) -> Result<VerifyTokenResponse, AuthError> {
+    async fn consume(
+        &self,
+        app: &App,
+        token: &str,
+        claim: Option<&IdempotencyQuery<'_>>,
+    ) -> Result<Claimed<VerifyTokenResponse>, AuthError> {
         let token = MagicToken::parse(token.trim()).ok_or(AuthError::InvalidToken)?;
         let now = self.clock.now_ms();
-        let (user, redirect_url) = match self.store.consume_link(&token.hash(), &app.record.id, now).await? {
+        let consumed = self
+            .store
+            .consume_link(&token.hash(), &app.record.id, now, claim)
+            .await?;
+        let (user, redirect_url) = match consumed {
             ConsumeOutcome::Consumed { user, redirect_url } => (user, redirect_url),
+            ConsumeOutcome::KeyTaken => return Ok(Claimed::KeyTaken),
             ConsumeOutcome::Invalid => return Err(AuthError::InvalidToken),
             ConsumeOutcome::Used => return Err(AuthError::TokenUsed),
             ConsumeOutcome::Expired => return Err(AuthError::TokenExpired),
@@ -327,7 +363,7 @@ impl AuthService {
             jti: random_urlsafe(16),
         };
         tracing::info!(app_id = %app.record.id, user_id = user.id, "token verified");
-        Ok(VerifyTokenResponse {
+        Ok(Claimed::Done(VerifyTokenResponse {
             success: true,
             token: self.signer.sign(&claims),
             user: User {
@@ -338,7 +374,7 @@ impl AuthService {
                 last_login_at: to_datetime(user.last_login_at.div_euclid(1000) * 1000),
             },
             redirect_url,
-        })
+        }))
     }
 }
 

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::error::{ApiError, rate_headers};
 use super::idempotency::{self, IdempotencyKey};
 use super::{AppState, MAX_BODY_BYTES};
-use crate::auth::RateInfo;
+use crate::auth::{AuthError, Claimed, RateInfo};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -150,13 +150,39 @@ pub async fn verify_token(
         let reply = Reply::error(refusal.into());
         return idempotency::run_decided(&state, &app.record.id, key, "verify-token", &request, reply).await;
     }
-    idempotency::run(&state, &app.record.id, key, "verify-token", &request, async {
+    let verify = || async {
         match state.auth.verify_token(&app, &request.token).await {
             Ok(response) => Reply::ok(&response),
             Err(error) => Reply::error(error.into()),
         }
-    })
-    .await
+    };
+    let Some(idem) = key.as_ref() else {
+        return Ok(verify().await.into_response());
+    };
+    // The token looks consumable: the key is claimed in the transaction that
+    // consumes it, so both are stored or neither, in one write.
+    let request_hash = idempotency::request_hash("verify-token", &request);
+    let claim = idempotency::query(&state, &app.record.id, idem.as_str(), &request_hash);
+    match state
+        .auth
+        .verify_token_claiming(&app, &request.token, Some(&claim))
+        .await
+    {
+        Ok(Claimed::Done(response)) => {
+            Ok(idempotency::finish(&state, &app.record.id, idem.as_str(), Reply::ok(&response)).await)
+        }
+        // A replay, another body, a first request in flight, or a stale record.
+        Ok(Claimed::KeyTaken) => {
+            idempotency::run(&state, &app.record.id, key, "verify-token", &request, verify()).await
+        }
+        // Used or expired since the check above: a final refusal, claimed nothing.
+        Err(refusal @ (AuthError::InvalidToken | AuthError::TokenUsed | AuthError::TokenExpired)) => {
+            let reply = Reply::error(refusal.into());
+            idempotency::run_decided(&state, &app.record.id, key, "verify-token", &request, reply).await
+        }
+        // Nothing was claimed; a server error is not stored.
+        Err(error) => Ok(Reply::error(error.into()).into_response()),
+    }
 }
 
 /// Describe the app of a key.

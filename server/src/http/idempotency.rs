@@ -23,6 +23,10 @@ const WAIT_FOR_FIRST: Duration = Duration::from_secs(10);
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, ApiError> {
         let Some(value) = headers.get("idempotency-key") else {
             return Ok(None);
@@ -70,7 +74,8 @@ pub async fn run_decided<R: Serialize>(
     run(state, app_id, key, endpoint, request, async { reply }).await
 }
 
-fn request_hash<R: Serialize>(endpoint: &str, request: &R) -> [u8; 32] {
+/// What identifies a request under its key: the endpoint and the body.
+pub fn request_hash<R: Serialize>(endpoint: &str, request: &R) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(endpoint.as_bytes());
     hasher.update(b"\n");
@@ -78,7 +83,8 @@ fn request_hash<R: Serialize>(endpoint: &str, request: &R) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-fn query<'a>(state: &AppState, app_id: &'a str, key: &'a str, request_hash: &'a [u8; 32]) -> IdempotencyQuery<'a> {
+/// The claim of `key` for a request, now.
+pub fn query<'a>(state: &AppState, app_id: &'a str, key: &'a str, request_hash: &'a [u8; 32]) -> IdempotencyQuery<'a> {
     IdempotencyQuery {
         app_id,
         key,
@@ -141,6 +147,11 @@ pub async fn run<R: Serialize>(
         }
     }
     let reply = handler.await;
+    Ok(finish(state, app_id, &key, reply).await)
+}
+
+/// Records the reply of a request that claimed `key`, and sends it.
+pub async fn finish(state: &AppState, app_id: &str, key: &str, reply: Reply) -> Response {
     // Rate-limit refusals and server errors are not final: a retry with the
     // same key must be able to succeed later.
     let final_answer = !(reply.status == StatusCode::TOO_MANY_REQUESTS || reply.status.is_server_error());
@@ -149,7 +160,7 @@ pub async fn run<R: Serialize>(
             .store
             .complete_idempotency_key(
                 app_id,
-                &key,
+                key,
                 &StoredResponse {
                     status: reply.status.as_u16(),
                     body: reply.body.clone(),
@@ -157,10 +168,10 @@ pub async fn run<R: Serialize>(
             )
             .await
     } else {
-        state.store.release_idempotency_key(app_id, &key).await
+        state.store.release_idempotency_key(app_id, key).await
     };
     if let Err(error) = recorded {
         tracing::error!(%error, "could not record an idempotent response");
     }
-    Ok(reply.into_response())
+    reply.into_response()
 }

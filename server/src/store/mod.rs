@@ -208,6 +208,9 @@ pub enum ConsumeOutcome {
     Invalid,
     Used,
     Expired,
+    /// The Idempotency-Key to claim with the consumption already has a
+    /// record: nothing was done.
+    KeyTaken,
 }
 
 /// A stored idempotent response.
@@ -327,8 +330,17 @@ pub trait Store: Send + Sync + 'static {
         monthly_limit: Option<u32>,
     ) -> StoreResult<CreateLinkOutcome>;
 
-    /// Marks the token used (once, atomically) and records the login.
-    async fn consume_link(&self, token_hash: &SecretHash, app_id: &str, now: Millis) -> StoreResult<ConsumeOutcome>;
+    /// Marks the token used (once, atomically) and records the login. With
+    /// `claim`, the Idempotency-Key is claimed in the same transaction (as
+    /// `claim_idempotency_key` does for a new key): both happen or neither;
+    /// `KeyTaken` when the key has a record already. A refusal claims nothing.
+    async fn consume_link(
+        &self,
+        token_hash: &SecretHash,
+        app_id: &str,
+        now: Millis,
+        claim: Option<&IdempotencyQuery<'_>>,
+    ) -> StoreResult<ConsumeOutcome>;
 
     /// Why the token cannot be consumed now (unknown to this app, used or
     /// expired), by reading only; `None` when it may be. Refusals are final:

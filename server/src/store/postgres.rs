@@ -319,9 +319,33 @@ impl Store for PostgresStore {
         Ok(CreateLinkOutcome::Created { outbox_id })
     }
 
-    async fn consume_link(&self, token_hash: &SecretHash, app_id: &str, now: Millis) -> StoreResult<ConsumeOutcome> {
+    async fn consume_link(
+        &self,
+        token_hash: &SecretHash,
+        app_id: &str,
+        now: Millis,
+        claim: Option<&IdempotencyQuery<'_>>,
+    ) -> StoreResult<ConsumeOutcome> {
         let hash = &token_hash.as_bytes()[..];
         let mut tx = self.pool.begin().await?;
+        if let Some(q) = claim {
+            // A concurrent claim of the same key waits for our commit, then
+            // finds the row and does nothing.
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (app_id, key) DO NOTHING",
+            )
+            .bind(q.app_id)
+            .bind(q.key)
+            .bind(&q.request_hash[..])
+            .bind(q.now)
+            .execute(&mut *tx)
+            .await?;
+            if claimed.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(ConsumeOutcome::KeyTaken);
+            }
+        }
         // The one statement that decides who wins: a concurrent verify waits on
         // the row lock, then re-checks `used_at IS NULL` on the committed row
         // and matches nothing.

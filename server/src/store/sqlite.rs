@@ -501,9 +501,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn consume_link(&self, token_hash: &SecretHash, app_id: &str, now: Millis) -> StoreResult<ConsumeOutcome> {
+    async fn consume_link(
+        &self,
+        token_hash: &SecretHash,
+        app_id: &str,
+        now: Millis,
+        claim: Option<&IdempotencyQuery<'_>>,
+    ) -> StoreResult<ConsumeOutcome> {
         let hash = token_hash.as_bytes().to_vec();
         let app_id = app_id.to_owned();
+        let claim = claim.map(|q| (q.key.to_owned(), q.request_hash.to_vec()));
         self.run(move |conn| {
             // Fast path for the common failures (unknown, used, expired),
             // without the write lock. It decides nothing about success: that
@@ -512,6 +519,17 @@ impl Store for SqliteStore {
                 return Ok(refused);
             }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some((key, request_hash)) = &claim {
+                let claimed = tx
+                    .prepare_cached(
+                        "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (app_id, key) DO NOTHING",
+                    )?
+                    .execute(params![app_id, key, request_hash, now])?;
+                if claimed == 0 {
+                    return Ok(ConsumeOutcome::KeyTaken);
+                }
+            }
             // The one statement that decides who wins: no read-then-write.
             let consumed: Option<(String, String)> = tx
                 .prepare_cached(

@@ -928,6 +928,46 @@ async fn concurrent_duplicates_of_one_idempotency_key_send_one_email(backend: Ba
     assert_eq!(app.smtp.messages().await.len(), 1);
 }
 
+backend_tests!(concurrent_duplicates_of_one_verification_get_one_answer);
+async fn concurrent_duplicates_of_one_verification_get_one_answer(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(&backend).await);
+    let (_, key) = app.create_app(&[]).await;
+    assert_eq!(app.send_link(&key, "twice@example.com", None).await.status(), 200);
+    let token = token_of(&app.wait_for_mail(1).await[0]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (app, key, token) = (app.clone(), key.clone(), token.clone());
+        tasks.spawn(async move {
+            let response = app
+                .http
+                .post(format!("{}/api/verify-token", app.base))
+                .header("Idempotency-Key", "same-callback")
+                .json(&json!({"token": token, "app_key": key}))
+                .send()
+                .await
+                .unwrap();
+            json_of(response).await
+        });
+    }
+    // One consumption; every duplicate gets its answer, session JWT included.
+    let mut answers = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        answers.push(result.unwrap());
+    }
+    assert_eq!(answers[0].0, 200, "{:?}", answers[0].1);
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+    // Another key sees the token used.
+    let response = app
+        .http
+        .post(format!("{}/api/verify-token", app.base))
+        .header("Idempotency-Key", "other-callback")
+        .json(&json!({"token": token, "app_key": key}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "token_used").await;
+}
+
 backend_tests!(app_info_describes_the_key_holder_app);
 async fn app_info_describes_the_key_holder_app(backend: Backend) {
     let app = TestApp::spawn(&backend).await;
