@@ -396,6 +396,26 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
+/// The deletes of `Store::purge`, one statement each, with the cutoff bound
+/// as `$1` (which SQLite reads as a named parameter, numbered 1).
+fn purge_statements(r: &Retention) -> [(&'static str, i64); 4] {
+    [
+        ("DELETE FROM rate_hits WHERE at <= $1", r.now - r.rate_hits_ms),
+        (
+            "DELETE FROM idempotency_keys WHERE created_at <= $1",
+            r.now - r.idempotency_ms,
+        ),
+        (
+            "DELETE FROM magic_links WHERE expires_at <= $1",
+            r.now - r.links_after_expiry_ms,
+        ),
+        (
+            "DELETE FROM outbox WHERE (sent_at IS NOT NULL AND sent_at <= $1) OR (failed_at IS NOT NULL AND failed_at <= $1)",
+            r.now - r.outbox_done_ms,
+        ),
+    ]
+}
+
 /// Default size of the connection pool of each process.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// Default wait for a free pooled connection before a request fails.

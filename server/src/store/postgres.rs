@@ -652,21 +652,7 @@ impl Store for PostgresStore {
 
     async fn purge(&self, r: &Retention) -> StoreResult<()> {
         // Every replica runs this; the deletes are idempotent.
-        let statements: [(&'static str, i64); 4] = [
-            ("DELETE FROM rate_hits WHERE at <= $1", r.now - r.rate_hits_ms),
-            (
-                "DELETE FROM idempotency_keys WHERE created_at <= $1",
-                r.now - r.idempotency_ms,
-            ),
-            (
-                "DELETE FROM magic_links WHERE expires_at <= $1",
-                r.now - r.links_after_expiry_ms,
-            ),
-            (
-                "DELETE FROM outbox WHERE (sent_at IS NOT NULL AND sent_at <= $1) OR (failed_at IS NOT NULL AND failed_at <= $1)",
-                r.now - r.outbox_done_ms,
-            ),
-        ];
+        let statements = purge_statements(r);
         for (sql, cutoff) in statements {
             sqlx::query(sql).bind(cutoff).execute(&self.pool).await?;
         }

@@ -804,21 +804,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge(&self, r: &Retention) -> StoreResult<()> {
-        let statements: [(&'static str, i64); 4] = [
-            ("DELETE FROM rate_hits WHERE at <= ?1", r.now - r.rate_hits_ms),
-            (
-                "DELETE FROM idempotency_keys WHERE created_at <= ?1",
-                r.now - r.idempotency_ms,
-            ),
-            (
-                "DELETE FROM magic_links WHERE expires_at <= ?1",
-                r.now - r.links_after_expiry_ms,
-            ),
-            (
-                "DELETE FROM outbox WHERE (sent_at IS NOT NULL AND sent_at <= ?1) OR (failed_at IS NOT NULL AND failed_at <= ?1)",
-                r.now - r.outbox_done_ms,
-            ),
-        ];
+        let statements = purge_statements(r);
         // One statement per operation, so writers of the API wait for the
         // write lock no longer than one DELETE.
         for (sql, cutoff) in statements {

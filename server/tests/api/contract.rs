@@ -8,6 +8,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 
+use magicauth_server::clock::Clock;
+use magicauth_server::store::{IdempotencyQuery, Retention, StoredResponse};
+
 use crate::support::{Backend, TestApp, assert_error, backend_tests, json_of, token_of};
 
 const CALLBACK: &str = "https://app.example.com/auth/callback";
@@ -966,6 +969,39 @@ async fn concurrent_duplicates_of_one_verification_get_one_answer(backend: Backe
         .await
         .unwrap();
     assert_error(response, 400, "token_used").await;
+}
+
+backend_tests!(purge_deletes_records_past_their_retention);
+async fn purge_deletes_records_past_their_retention(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let (app_id, _) = app.create_app(&[]).await;
+    let start = app.clock.now_ms();
+    let query = IdempotencyQuery {
+        app_id: &app_id,
+        key: "old",
+        request_hash: &[1; 32],
+        now: start,
+        retention_ms: 86_400_000,
+        abandon_after_ms: 60_000,
+    };
+    let response = StoredResponse {
+        status: 400,
+        body: "{}".into(),
+    };
+    let free = || async { app.store.record_idempotent_response(&query, &response).await.unwrap() };
+    let retention = |now| Retention {
+        now,
+        rate_hits_ms: 3_600_000,
+        idempotency_ms: 86_400_000,
+        links_after_expiry_ms: 86_400_000,
+        outbox_done_ms: 86_400_000,
+    };
+    assert!(free().await, "a new key");
+    assert!(!free().await, "recorded");
+    app.store.purge(&retention(start + 1_000)).await.unwrap();
+    assert!(!free().await, "kept within its retention");
+    app.store.purge(&retention(start + 86_400_001)).await.unwrap();
+    assert!(free().await, "deleted after its retention");
 }
 
 backend_tests!(app_info_describes_the_key_holder_app);
