@@ -641,14 +641,7 @@ async fn idempotent_replays(backend: Backend) {
 
     // verify-token: a replay returns the first success, a new key sees the token used.
     let token = token_of(&app.smtp.messages().await[0]);
-    let verify = |idem: &'static str| {
-        let request = app
-            .http
-            .post(format!("{}/api/verify-token", app.base))
-            .header("Idempotency-Key", idem)
-            .json(&json!({"token": token, "app_key": key}));
-        async move { request.send().await.unwrap() }
-    };
+    let verify = |idem: &'static str| app.verify_with_key(&key, &token, idem);
     let (status, first) = json_of(verify("v-1").await).await;
     assert_eq!(status, 200);
     assert_eq!(json_of(verify("v-1").await).await, (200, first));
@@ -678,12 +671,9 @@ async fn refused_verifications_are_stored_under_their_key(backend: Backend) {
     let app = TestApp::spawn(&backend).await;
     let (_, key) = app.create_app(&[]).await;
     let verify = |idem: &'static str, token: String| {
-        let request = app
-            .http
-            .post(format!("{}/api/verify-token", app.base))
-            .header("Idempotency-Key", idem)
-            .json(&json!({"token": token, "app_key": key}));
-        async move { request.send().await.unwrap() }
+        let app = &app;
+        let key = &key;
+        async move { app.verify_with_key(key, &token, idem).await }
     };
     let replayed = |response: &reqwest::Response| response.headers().get("idempotent-replayed").is_some();
     let unknown = "A".repeat(43);
@@ -940,17 +930,7 @@ async fn concurrent_duplicates_of_one_verification_get_one_answer(backend: Backe
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let (app, key, token) = (app.clone(), key.clone(), token.clone());
-        tasks.spawn(async move {
-            let response = app
-                .http
-                .post(format!("{}/api/verify-token", app.base))
-                .header("Idempotency-Key", "same-callback")
-                .json(&json!({"token": token, "app_key": key}))
-                .send()
-                .await
-                .unwrap();
-            json_of(response).await
-        });
+        tasks.spawn(async move { json_of(app.verify_with_key(&key, &token, "same-callback").await).await });
     }
     // One consumption; every duplicate gets its answer, session JWT included.
     let mut answers = Vec::new();
@@ -960,15 +940,12 @@ async fn concurrent_duplicates_of_one_verification_get_one_answer(backend: Backe
     assert_eq!(answers[0].0, 200, "{:?}", answers[0].1);
     assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
     // Another key sees the token used.
-    let response = app
-        .http
-        .post(format!("{}/api/verify-token", app.base))
-        .header("Idempotency-Key", "other-callback")
-        .json(&json!({"token": token, "app_key": key}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(response, 400, "token_used").await;
+    assert_error(
+        app.verify_with_key(&key, &token, "other-callback").await,
+        400,
+        "token_used",
+    )
+    .await;
 }
 
 backend_tests!(purge_deletes_records_past_their_retention);

@@ -241,6 +241,17 @@ impl TestApp {
             .await
     }
 
+    /// `verify` with an `Idempotency-Key` header.
+    pub async fn verify_with_key(&self, key: &str, token: &str, idempotency_key: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/verify-token", self.base))
+            .header("Idempotency-Key", idempotency_key)
+            .json(&json!({"token": token, "app_key": key}))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     /// Waits until `n` emails in total have arrived at the SMTP sink.
     pub async fn wait_for_mail(&self, n: usize) -> Vec<ReceivedMail> {
         let mails = self.smtp.wait_for(n, MAIL_TIMEOUT).await;
