@@ -886,6 +886,32 @@ mod tests {
         assert_eq!(store.list_apps().await.expect("read").len(), 2);
     }
 
+    /// Pool connections do not checkpoint on commit; the background task
+    /// moves committed pages into the database file on its own.
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_in_the_background() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal.db");
+        let store = SqliteStore::connect(&DatabaseOptions::new(format!("sqlite://{}", path.display())))
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        let before = std::fs::metadata(&path).expect("database file").len();
+        for i in 0..200 {
+            store.create_app(&app(&format!("app_{i}"))).await.expect("app");
+        }
+        let mut grown = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if std::fs::metadata(&path).expect("database file").len() > before {
+                grown = true;
+                break;
+            }
+        }
+        assert!(grown, "no checkpoint copied the WAL into the database file within 5 s");
+        assert_eq!(store.list_apps().await.expect("read").len(), 200);
+    }
+
     #[tokio::test]
     async fn an_in_memory_url_is_refused() {
         let error = SqliteStore::connect(&DatabaseOptions::new("sqlite::memory:"))
