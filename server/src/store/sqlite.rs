@@ -6,21 +6,25 @@
 //! single `UPDATE … RETURNING` statements.
 //!
 //! Queries go through rusqlite on a small pool of connections, each store
-//! operation running as one closure on tokio's blocking pool: one thread hop
-//! per operation, with prepared statements cached per connection. (sqlx's
-//! SQLite driver costs a channel round trip per statement, about ten times
-//! the statement itself; sqlx still applies the migrations, so both backends
-//! share one migration format and history table.)
+//! operation one closure with prepared statements cached per connection. It
+//! runs on the async thread when it can, and on tokio's blocking pool when it
+//! must wait for a lock (see `SqliteStore::execute`). This process's write
+//! operations queue for one gate before they reach SQLite, so they never wait
+//! for each other inside SQLite's busy handler. (sqlx's SQLite driver costs a
+//! channel round trip per statement, about ten times the statement itself;
+//! sqlx still applies the migrations, so both backends share one migration
+//! format and history table.)
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::*;
 
@@ -41,12 +45,21 @@ pub struct SqliteStore {
     url: String,
 }
 
-/// Idle connections, and permits that bound how many exist.
+/// Idle connections, permits that bound how many exist, and the gate that
+/// lets one of this process's write operations at a time reach SQLite.
 struct Pool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
+    /// One permit. SQLite admits one writer at a time and makes the others
+    /// retry after a sleep; queueing this process's writers here instead
+    /// hands the lock over as soon as it is free, and leaves `SQLITE_BUSY` to
+    /// other processes' writers (an operator's `apps` command, say).
+    writer: Arc<Semaphore>,
     acquire_timeout: Duration,
+    /// Operations that met a lock held by another connection and ran again
+    /// on the blocking pool.
+    waited: AtomicU64,
 }
 
 impl Pool {
@@ -106,7 +119,9 @@ impl SqliteStore {
                 path,
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(Semaphore::new(max)),
+                writer: Arc::new(Semaphore::new(1)),
                 acquire_timeout: database.acquire_timeout,
+                waited: AtomicU64::new(0),
             }),
             url: database.url.clone(),
         };
@@ -116,7 +131,31 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// Runs `operation` on a pooled connection.
+    /// Runs a read-only `operation` on a pooled connection.
+    async fn run<T, F>(&self, operation: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.execute(None, operation).await
+    }
+
+    /// Runs an `operation` that writes, once this process's writers before it
+    /// are done (see `Pool::writer`).
+    async fn run_write<T, F>(&self, operation: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let gate = tokio::time::timeout(self.pool.acquire_timeout, self.pool.writer.clone().acquire_owned())
+            .await
+            .map_err(|_| StoreError::PoolTimedOut)?
+            .map_err(|_| StoreError::PoolTimedOut)?;
+        self.execute(Some(gate), operation).await
+    }
+
+    /// Runs `operation` on a pooled connection, holding `gate` (if any) until
+    /// it is done.
     ///
     /// Most operations take microseconds, less than handing them to another
     /// thread and back (two thread wake-ups), so they run right here when a
@@ -126,7 +165,7 @@ impl SqliteStore {
     /// use) the operation runs again on tokio's blocking pool, where it waits
     /// up to the busy timeout. A busy statement changed nothing and a busy
     /// transaction was rolled back, so running again is safe.
-    async fn run<T, F>(&self, operation: F) -> StoreResult<T>
+    async fn execute<T, F>(&self, gate: Option<OwnedSemaphorePermit>, operation: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: Fn(&mut Connection) -> StoreResult<T> + Send + 'static,
@@ -139,7 +178,9 @@ impl SqliteStore {
             self.pool.give_back(conn);
             drop(permit);
             match result {
-                Err(StoreError::Sqlite(e)) if is_busy(&e) => {}
+                Err(StoreError::Sqlite(e)) if is_busy(&e) => {
+                    self.pool.waited.fetch_add(1, Ordering::Relaxed);
+                }
                 done => return done,
             }
         }
@@ -149,7 +190,7 @@ impl SqliteStore {
             .map_err(|_| StoreError::PoolTimedOut)?;
         let pool = Arc::clone(&self.pool);
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _held = (permit, gate);
             let mut conn = pool.take()?;
             conn.busy_timeout(BUSY_TIMEOUT)?;
             let result = operation(&mut conn);
@@ -167,7 +208,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: Fn(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let value = operation(&tx)?;
             tx.commit()?;
@@ -316,7 +357,7 @@ impl Store for SqliteStore {
         let r = app.record.clone();
         let key_hash = app.key_hash.as_bytes().to_vec();
         let urls = serde_json::to_string(&r.redirect_urls).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO apps (id, name, key_hash, plan, burst, monthly_limit, token_ttl_s, session_ttl_s,
                                    redirect_urls, disabled, created_at, updated_at)
@@ -373,7 +414,7 @@ impl Store for SqliteStore {
 
     async fn set_app_disabled(&self, app_id: &str, disabled: bool, now: Millis) -> StoreResult<bool> {
         let app_id = app_id.to_owned();
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             let changed = conn
                 .prepare_cached("UPDATE apps SET disabled = ?1, updated_at = ?2 WHERE id = ?3")?
                 .execute(params![i64::from(disabled), now, app_id])?;
@@ -385,7 +426,7 @@ impl Store for SqliteStore {
     async fn rotate_app_key(&self, app_id: &str, key_hash: &SecretHash, now: Millis) -> StoreResult<bool> {
         let app_id = app_id.to_owned();
         let key_hash = key_hash.as_bytes().to_vec();
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             let changed = conn
                 .prepare_cached("UPDATE apps SET key_hash = ?1, updated_at = ?2 WHERE id = ?3")?
                 .execute(params![key_hash, now, app_id])?;
@@ -451,7 +492,7 @@ impl Store for SqliteStore {
         monthly_limit: Option<u32>,
     ) -> StoreResult<CreateLinkOutcome> {
         let (link, mail, month) = (link.clone(), mail.clone(), month.to_owned());
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let counted = tx
                 .prepare_cached(
@@ -511,7 +552,7 @@ impl Store for SqliteStore {
         let hash = token_hash.as_bytes().to_vec();
         let app_id = app_id.to_owned();
         let claim = claim.map(|q| (q.key.to_owned(), q.request_hash.to_vec()));
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             // Fast path for the common failures (unknown, used, expired),
             // without the write lock. It decides nothing about success: that
             // is the UPDATE below, which re-checks every condition atomically.
@@ -582,7 +623,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<bool> {
         let (app_id, key, request_hash) = (q.app_id.to_owned(), q.key.to_owned(), q.request_hash.to_vec());
         let (now, response) = (q.now, response.clone());
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             let inserted = conn
                 .prepare_cached(
                     "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at, status, body)
@@ -605,7 +646,7 @@ impl Store for SqliteStore {
     async fn claim_idempotency_key(&self, q: &IdempotencyQuery<'_>) -> StoreResult<IdempotencyClaim> {
         let (app_id, key, request_hash) = (q.app_id.to_owned(), q.key.to_owned(), q.request_hash.to_vec());
         let (now, retention_ms, abandon_after_ms) = (q.now, q.retention_ms, q.abandon_after_ms);
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             let insert = "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4)
                           ON CONFLICT (app_id, key) DO NOTHING";
             // A new key (the common case) is one statement.
@@ -653,7 +694,7 @@ impl Store for SqliteStore {
 
     async fn complete_idempotency_key(&self, app_id: &str, key: &str, response: &StoredResponse) -> StoreResult<()> {
         let (app_id, key, response) = (app_id.to_owned(), key.to_owned(), response.clone());
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             conn.prepare_cached("UPDATE idempotency_keys SET status = ?1, body = ?2 WHERE app_id = ?3 AND key = ?4")?
                 .execute(params![i64::from(response.status), response.body, app_id, key])?;
             Ok(())
@@ -663,7 +704,7 @@ impl Store for SqliteStore {
 
     async fn release_idempotency_key(&self, app_id: &str, key: &str) -> StoreResult<()> {
         let (app_id, key) = (app_id.to_owned(), key.to_owned());
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             conn.prepare_cached("DELETE FROM idempotency_keys WHERE app_id = ?1 AND key = ?2 AND status IS NULL")?
                 .execute(params![app_id, key])?;
             Ok(())
@@ -673,7 +714,7 @@ impl Store for SqliteStore {
 
     async fn signing_key(&self, candidate: &SigningKeyRecord) -> StoreResult<SigningKeyRecord> {
         let candidate = candidate.clone();
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO signing_keys (slot, kid, private_key, public_key, created_at)
                  VALUES ('current', ?1, ?2, ?3, ?4) ON CONFLICT (slot) DO NOTHING",
@@ -702,7 +743,7 @@ impl Store for SqliteStore {
     }
 
     async fn claim_outbox(&self, now: Millis, lease_until: Millis, limit: u32) -> StoreResult<Vec<OutboxMail>> {
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             let mut statement = conn.prepare_cached(
                 "UPDATE outbox SET locked_until = ?1, attempts = attempts + 1
                  WHERE id IN (
@@ -733,7 +774,7 @@ impl Store for SqliteStore {
     }
 
     async fn outbox_sent(&self, id: i64, now: Millis) -> StoreResult<()> {
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             conn.prepare_cached(
                 "UPDATE outbox SET sent_at = ?1, locked_until = NULL, last_error = NULL, text_body = NULL,
                                    html_body = NULL
@@ -753,7 +794,7 @@ impl Store for SqliteStore {
         error: &str,
     ) -> StoreResult<bool> {
         let error = error.to_owned();
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             let changed = conn
                 .prepare_cached(
                     "UPDATE outbox SET next_attempt_at = ?1, locked_until = NULL, last_error = ?2
@@ -767,7 +808,7 @@ impl Store for SqliteStore {
 
     async fn outbox_given_up(&self, id: i64, lease_until: Millis, now: Millis, error: &str) -> StoreResult<bool> {
         let error = error.to_owned();
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             let changed = conn
                 .prepare_cached(
                     "UPDATE outbox SET failed_at = ?1, locked_until = NULL, last_error = ?2, text_body = NULL,
@@ -781,7 +822,7 @@ impl Store for SqliteStore {
     }
 
     async fn outbox_release(&self, id: i64, lease_until: Millis) -> StoreResult<bool> {
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             // Not attempted: the claim's count of the attempt is taken back.
             let changed = conn
                 .prepare_cached(
@@ -808,7 +849,7 @@ impl Store for SqliteStore {
         // One statement per operation, so writers of the API wait for the
         // write lock no longer than one DELETE.
         for (sql, cutoff) in statements {
-            self.run(move |conn| {
+            self.run_write(move |conn| {
                 conn.prepare_cached(sql)?.execute([cutoff])?;
                 Ok(())
             })
@@ -884,6 +925,11 @@ mod tests {
         write.await.expect("join").expect("the write waited and succeeded");
         holder.join().expect("holder");
         assert_eq!(store.list_apps().await.expect("read").len(), 2);
+        assert_eq!(
+            store.pool.waited.load(Ordering::Relaxed),
+            1,
+            "the write did not meet the lock"
+        );
     }
 
     /// Pool connections do not checkpoint on commit; the background task
@@ -910,6 +956,42 @@ mod tests {
         }
         assert!(grown, "no checkpoint copied the WAL into the database file within 5 s");
         assert_eq!(store.list_apps().await.expect("read").len(), 200);
+    }
+
+    /// Concurrent writes of one process take turns at the gate: none meets
+    /// SQLite's lock held by another of them, so none sleeps in the busy
+    /// handler or moves to the blocking pool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_of_one_process_never_wait_on_the_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gate.db");
+        let store = Arc::new(
+            SqliteStore::connect(&DatabaseOptions::new(format!("sqlite://{}", path.display())))
+                .await
+                .expect("store"),
+        );
+        store.migrate().await.expect("migrate");
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    for i in 0..25 {
+                        store.create_app(&app(&format!("app_{w}_{i}"))).await.expect("app");
+                        // Reads run beside the writes, without the gate.
+                        store.list_apps().await.expect("read");
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.expect("writer");
+        }
+        assert_eq!(store.list_apps().await.expect("read").len(), 400);
+        assert_eq!(
+            store.pool.waited.load(Ordering::Relaxed),
+            0,
+            "a write met another's lock"
+        );
     }
 
     #[tokio::test]
