@@ -16,10 +16,13 @@ use std::ffi::c_void;
 use std::future::Future;
 use std::ptr;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::{PromiseRaw, ToNapiValue};
 use napi::tokio::runtime::{Builder, Handle};
+use napi::tokio::sync::Notify;
 use napi::{Env, Error, JsError, Result, Status, sys};
 
 /// Converts a call's outcome on the JavaScript thread: `Ok` resolves the
@@ -41,12 +44,68 @@ fn runtime() -> Result<&'static Handle> {
             napi::bindgen_prelude::retain_current_module_for_unload_safety();
             std::thread::Builder::new()
                 .name("magicauth-io".to_owned())
-                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .spawn(move || runtime.block_on(poll_while_busy()))
                 .map_err(|e| format!("could not start the I/O thread: {e}"))?;
             Ok(handle)
         })
         .as_ref()
         .map_err(|reason| Error::new(Status::GenericFailure, reason.clone()))
+}
+
+/// How long the I/O thread keeps polling for work after a call starts or
+/// settles, before it sleeps.
+///
+/// Waking a sleeping thread costs tens of microseconds on some machines
+/// (virtual ones most), and a call would pay it twice: when its response
+/// arrives and when the next call starts. While calls come and go, the
+/// thread instead polls its sockets without blocking (tokio's
+/// `yield_now` makes the runtime check for I/O with a zero timeout), so
+/// only the JavaScript thread is woken, once per call, as `fetch` wakes it.
+/// One thread polls per process, and only this long after the last call.
+const STAY_AWAKE: Duration = Duration::from_micros(500);
+
+/// When the I/O thread last saw a call start or finish.
+struct Activity {
+    epoch: Instant,
+    /// Nanoseconds from `epoch`.
+    last: AtomicU64,
+    /// Wakes the poller when a call starts after it went to sleep.
+    wake: Notify,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last.store(self.elapsed(), Ordering::Relaxed);
+    }
+
+    fn recent(&self) -> bool {
+        self.elapsed().saturating_sub(self.last.load(Ordering::Relaxed)) < STAY_AWAKE.as_nanos() as u64
+    }
+
+    fn elapsed(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+static ACTIVITY: LazyLock<Activity> = LazyLock::new(|| Activity {
+    epoch: Instant::now(),
+    last: AtomicU64::new(0),
+    wake: Notify::new(),
+});
+
+/// The I/O thread's main future: polls without sleeping while calls are
+/// recent, and sleeps (in the runtime's epoll wait) otherwise.
+async fn poll_while_busy() {
+    loop {
+        if ACTIVITY.recent() {
+            // Lets another thread that is ready to run on this core (the
+            // server, on a small machine) go first.
+            std::thread::yield_now();
+            napi::tokio::task::yield_now().await;
+        } else {
+            ACTIVITY.wake.notified().await;
+        }
+    }
 }
 
 /// Runs `call` on the I/O thread and returns a Promise of its outcome:
@@ -74,7 +133,10 @@ where
     bridge.call_started(env);
     handle.spawn(async move {
         let mut settler = settler;
+        ACTIVITY.touch();
+        ACTIVITY.wake.notify_one();
         let outcome = call.await;
+        ACTIVITY.touch();
         settler.settle(Box::new(move |env| match outcome {
             Ok(value) => unsafe { T::to_napi_value(env.raw(), value) }.map_err(|e| error_value(env, e)),
             Err(error) => Err(reject(env, &error)),

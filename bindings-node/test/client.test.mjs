@@ -115,6 +115,21 @@ test('a call in flight leaves the event loop free', async () => {
   }
 })
 
+test('the I/O thread stops polling soon after the last call', async () => {
+  // Between calls close together the I/O thread polls instead of sleeping;
+  // once calls stop it must go back to sleep, not keep a core busy.
+  const c = client()
+  for (let i = 0; i < 50; i++) {
+    await assert.rejects(c.verifyToken('mt_unknown'), { code: 'INVALID_TOKEN' })
+  }
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  const before = process.cpuUsage()
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  const used = process.cpuUsage(before)
+  const ms = (used.user + used.system) / 1000
+  assert.ok(ms < 250, `the process used ${ms} ms of CPU in 500 ms without calls`)
+})
+
 test('new Client() reads MAGICAUTH_APP_KEY and MAGICAUTH_BASE_URL; options win', async () => {
   const saved = { ...process.env }
   try {
