@@ -16,8 +16,8 @@ use crate::mail::render_sign_in_email;
 use crate::metrics::Metrics;
 use crate::session::SessionSigner;
 use crate::store::{
-    AppRecord, ConsumeOutcome, CreateLinkOutcome, DynStore, IdempotencyQuery, NewLink, NewMail, Plan, RateDecision,
-    RateQuery, StoreError, WindowState,
+    AppRecord, ConsumeClaim, ConsumeOutcome, CreateLinkOutcome, DynStore, IdempotencyQuery, Millis, NewLink, NewMail,
+    Plan, RateDecision, RateQuery, StoreError, StoredResponse, UserRecord, WindowState,
 };
 
 /// Links one address may request per app in `EMAIL_WINDOW`.
@@ -283,28 +283,49 @@ impl AuthService {
 
     /// `POST /api/verify-token` after authentication.
     pub async fn verify_token(&self, app: &App, token: &str) -> Result<VerifyTokenResponse, AuthError> {
-        match self.verify_token_claiming(app, token, None).await? {
-            Claimed::Done(response) => Ok(response),
+        let now = self.clock.now_ms();
+        match self.consume(app, token, now, None).await? {
+            Claimed::Done((user, redirect_url, _)) => Ok(self.responder(app, now).response(&user, &redirect_url)),
             Claimed::KeyTaken => Err(AuthError::Internal(anyhow::anyhow!("a key was taken without a claim"))),
         }
     }
 
-    /// `verify_token`, claiming the request's Idempotency-Key in the same
-    /// transaction as the token: `KeyTaken` (nothing done) when the key has a
+    /// `verify_token` under an Idempotency-Key: claims the key, consumes the
+    /// token and stores the response under the key in one transaction, and
+    /// returns that response. `KeyTaken` (nothing done) when the key has a
     /// record already. A refusal claims nothing.
     pub async fn verify_token_claiming(
         &self,
         app: &App,
         token: &str,
-        claim: Option<&IdempotencyQuery<'_>>,
-    ) -> Result<Claimed<VerifyTokenResponse>, AuthError> {
-        let result = self.consume(app, token, claim).await;
-        match &result {
-            Ok(Claimed::KeyTaken) => {}
-            Ok(Claimed::Done(_)) => self.metrics.record_verification("success"),
-            Err(error) => self.metrics.record_verification(verification_outcome(error)),
+        query: &IdempotencyQuery<'_>,
+    ) -> Result<Claimed<StoredResponse>, AuthError> {
+        let now = self.clock.now_ms();
+        let responder = self.responder(app, now);
+        let claim = ConsumeClaim {
+            query,
+            respond: Arc::new(move |user, redirect_url| StoredResponse {
+                status: 200,
+                body: serde_json::to_string(&responder.response(user, redirect_url)).unwrap_or_default(),
+            }),
+        };
+        match self.consume(app, token, now, Some(&claim)).await? {
+            Claimed::Done((_, _, Some(response))) => Ok(Claimed::Done(response)),
+            Claimed::Done((_, _, None)) => Err(AuthError::Internal(anyhow::anyhow!(
+                "the store consumed a token under a claim without storing the response"
+            ))),
+            Claimed::KeyTaken => Ok(Claimed::KeyTaken),
         }
-        result
+    }
+
+    fn responder(&self, app: &App, now: Millis) -> Responder {
+        Responder {
+            signer: Arc::clone(&self.signer),
+            issuer: self.settings.issuer.clone(),
+            app_id: app.record.id.clone(),
+            session_ttl_s: app.record.session_ttl_s,
+            now,
+        }
     }
 
     /// Decides, by reading only, a verification that cannot succeed: a
@@ -333,48 +354,75 @@ impl AuthService {
         Ok(refusal)
     }
 
+    /// Consumes the token (and, with a claim, stores the response under its
+    /// key); the user and redirect URL of the link on success.
     async fn consume(
         &self,
         app: &App,
         token: &str,
-        claim: Option<&IdempotencyQuery<'_>>,
-    ) -> Result<Claimed<VerifyTokenResponse>, AuthError> {
-        let token = MagicToken::parse(token.trim()).ok_or(AuthError::InvalidToken)?;
-        let now = self.clock.now_ms();
-        let consumed = self
-            .store
-            .consume_link(&token.hash(), &app.record.id, now, claim)
-            .await?;
-        let (user, redirect_url) = match consumed {
-            ConsumeOutcome::Consumed { user, redirect_url } => (user, redirect_url),
-            ConsumeOutcome::KeyTaken => return Ok(Claimed::KeyTaken),
-            ConsumeOutcome::Invalid => return Err(AuthError::InvalidToken),
-            ConsumeOutcome::Used => return Err(AuthError::TokenUsed),
-            ConsumeOutcome::Expired => return Err(AuthError::TokenExpired),
+        now: Millis,
+        claim: Option<&ConsumeClaim<'_>>,
+    ) -> Result<Claimed<(UserRecord, String, Option<StoredResponse>)>, AuthError> {
+        let result = match MagicToken::parse(token.trim()) {
+            None => Err(AuthError::InvalidToken),
+            Some(token) => match self.store.consume_link(&token.hash(), &app.record.id, now, claim).await {
+                Ok(ConsumeOutcome::Consumed {
+                    user,
+                    redirect_url,
+                    response,
+                }) => Ok(Claimed::Done((user, redirect_url, response))),
+                Ok(ConsumeOutcome::KeyTaken) => Ok(Claimed::KeyTaken),
+                Ok(ConsumeOutcome::Invalid) => Err(AuthError::InvalidToken),
+                Ok(ConsumeOutcome::Used) => Err(AuthError::TokenUsed),
+                Ok(ConsumeOutcome::Expired) => Err(AuthError::TokenExpired),
+                Err(error) => Err(error.into()),
+            },
         };
-        let iat = now.div_euclid(1000);
+        match &result {
+            Ok(Claimed::KeyTaken) => {}
+            Ok(Claimed::Done((user, _, _))) => {
+                self.metrics.record_verification("success");
+                tracing::info!(app_id = %app.record.id, user_id = user.id, "token verified");
+            }
+            Err(error) => self.metrics.record_verification(verification_outcome(error)),
+        }
+        result
+    }
+}
+
+/// Builds a successful verification's answer: the user and a new session JWT.
+struct Responder {
+    signer: Arc<SessionSigner>,
+    issuer: String,
+    app_id: String,
+    session_ttl_s: i64,
+    now: Millis,
+}
+
+impl Responder {
+    fn response(&self, user: &UserRecord, redirect_url: &str) -> VerifyTokenResponse {
+        let iat = self.now.div_euclid(1000);
         let claims = SessionClaims {
-            iss: self.settings.issuer.clone(),
+            iss: self.issuer.clone(),
             sub: user.id.to_string(),
-            aud: app.record.id.clone(),
+            aud: self.app_id.clone(),
             email: user.email.clone(),
             iat,
-            exp: iat + app.record.session_ttl_s,
+            exp: iat + self.session_ttl_s,
             jti: random_urlsafe(16),
         };
-        tracing::info!(app_id = %app.record.id, user_id = user.id, "token verified");
-        Ok(Claimed::Done(VerifyTokenResponse {
+        VerifyTokenResponse {
             success: true,
             token: self.signer.sign(&claims),
             user: User {
                 id: user.id,
-                email: user.email,
-                name: user.name,
+                email: user.email.clone(),
+                name: user.name.clone(),
                 email_verified_at: to_datetime(user.email_verified_at.div_euclid(1000) * 1000),
                 last_login_at: to_datetime(user.last_login_at.div_euclid(1000) * 1000),
             },
-            redirect_url,
-        }))
+            redirect_url: redirect_url.to_owned(),
+        }
     }
 }
 

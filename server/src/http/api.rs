@@ -159,18 +159,17 @@ pub async fn verify_token(
     let Some(idem) = key.as_ref() else {
         return Ok(verify().await.into_response());
     };
-    // The token looks consumable: the key is claimed in the transaction that
-    // consumes it, so both are stored or neither, in one write.
+    // The token looks consumable: the key, the consumption and the response
+    // are stored in one transaction, so all are stored or none.
     let request_hash = idempotency::request_hash("verify-token", &request);
     let claim = idempotency::query(&state, &app.record.id, idem.as_str(), &request_hash);
-    match state
-        .auth
-        .verify_token_claiming(&app, &request.token, Some(&claim))
-        .await
-    {
-        Ok(Claimed::Done(response)) => {
-            Ok(idempotency::finish(&state, &app.record.id, idem.as_str(), Reply::ok(&response)).await)
+    match state.auth.verify_token_claiming(&app, &request.token, &claim).await {
+        Ok(Claimed::Done(stored)) => Ok(Reply {
+            status: StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK),
+            body: stored.body,
+            rate: None,
         }
+        .into_response()),
         // A replay, another body, a first request in flight, or a stale record.
         Ok(Claimed::KeyTaken) => {
             idempotency::run(&state, &app.record.id, key, "verify-token", &request, verify()).await

@@ -203,6 +203,9 @@ pub enum ConsumeOutcome {
     Consumed {
         user: UserRecord,
         redirect_url: String,
+        /// With a claim: the response stored under its key, in the same
+        /// transaction as the consumption.
+        response: Option<StoredResponse>,
     },
     /// Unknown token, or issued for another app (which then stays unused).
     Invalid,
@@ -211,6 +214,19 @@ pub enum ConsumeOutcome {
     /// The Idempotency-Key to claim with the consumption already has a
     /// record: nothing was done.
     KeyTaken,
+}
+
+/// Builds the response of a verification from the consumed link's user and
+/// redirect URL.
+pub type Respond = std::sync::Arc<dyn Fn(&UserRecord, &str) -> StoredResponse + Send + Sync>;
+
+/// An Idempotency-Key to claim with a token's consumption, and how to build
+/// the response stored under it: the claim, the consumption and the finished
+/// response are written in one transaction, so a retry after a crash replays
+/// the success instead of finding the token used.
+pub struct ConsumeClaim<'a> {
+    pub query: &'a IdempotencyQuery<'a>,
+    pub respond: Respond,
 }
 
 /// A stored idempotent response.
@@ -339,7 +355,7 @@ pub trait Store: Send + Sync + 'static {
         token_hash: &SecretHash,
         app_id: &str,
         now: Millis,
-        claim: Option<&IdempotencyQuery<'_>>,
+        claim: Option<&ConsumeClaim<'_>>,
     ) -> StoreResult<ConsumeOutcome>;
 
     /// Why the token cannot be consumed now (unknown to this app, used or

@@ -324,11 +324,11 @@ impl Store for PostgresStore {
         token_hash: &SecretHash,
         app_id: &str,
         now: Millis,
-        claim: Option<&IdempotencyQuery<'_>>,
+        claim: Option<&ConsumeClaim<'_>>,
     ) -> StoreResult<ConsumeOutcome> {
         let hash = &token_hash.as_bytes()[..];
         let mut tx = self.pool.begin().await?;
-        if let Some(q) = claim {
+        if let Some(ConsumeClaim { query: q, .. }) = claim {
             // A concurrent claim of the same key waits for our commit, then
             // finds the row and does nothing.
             let claimed = sqlx::query(
@@ -385,16 +385,32 @@ impl Store for PostgresStore {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
+        let user = UserRecord {
+            id: user.try_get("id")?,
+            email: user.try_get("email")?,
+            name: user.try_get("name")?,
+            email_verified_at: user.try_get("email_verified_at")?,
+            last_login_at: user.try_get("last_login_at")?,
+        };
+        let response = match claim {
+            Some(ConsumeClaim { query: q, respond }) => {
+                let response = respond(&user, &redirect_url);
+                sqlx::query("UPDATE idempotency_keys SET status = $1, body = $2 WHERE app_id = $3 AND key = $4")
+                    .bind(i32::from(response.status))
+                    .bind(&response.body)
+                    .bind(q.app_id)
+                    .bind(q.key)
+                    .execute(&mut *tx)
+                    .await?;
+                Some(response)
+            }
+            None => None,
+        };
         tx.commit().await?;
         Ok(ConsumeOutcome::Consumed {
-            user: UserRecord {
-                id: user.try_get("id")?,
-                email: user.try_get("email")?,
-                name: user.try_get("name")?,
-                email_verified_at: user.try_get("email_verified_at")?,
-                last_login_at: user.try_get("last_login_at")?,
-            },
+            user,
             redirect_url,
+            response,
         })
     }
 

@@ -547,11 +547,11 @@ impl Store for SqliteStore {
         token_hash: &SecretHash,
         app_id: &str,
         now: Millis,
-        claim: Option<&IdempotencyQuery<'_>>,
+        claim: Option<&ConsumeClaim<'_>>,
     ) -> StoreResult<ConsumeOutcome> {
         let hash = token_hash.as_bytes().to_vec();
         let app_id = app_id.to_owned();
-        let claim = claim.map(|q| (q.key.to_owned(), q.request_hash.to_vec()));
+        let claim = claim.map(|c| (c.query.key.to_owned(), c.query.request_hash.to_vec(), c.respond.clone()));
         self.run_write(move |conn| {
             // Fast path for the common failures (unknown, used, expired),
             // without the write lock. It decides nothing about success: that
@@ -560,7 +560,7 @@ impl Store for SqliteStore {
                 return Ok(refused);
             }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if let Some((key, request_hash)) = &claim {
+            if let Some((key, request_hash, _)) = &claim {
                 let claimed = tx
                     .prepare_cached(
                         "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4)
@@ -600,8 +600,23 @@ impl Store for SqliteStore {
                         last_login_at: row.get(4)?,
                     })
                 })?;
+            let response = match &claim {
+                Some((key, _, respond)) => {
+                    let response = respond(&user, &redirect_url);
+                    tx.prepare_cached(
+                        "UPDATE idempotency_keys SET status = ?1, body = ?2 WHERE app_id = ?3 AND key = ?4",
+                    )?
+                    .execute(params![response.status, response.body, app_id, key])?;
+                    Some(response)
+                }
+                None => None,
+            };
             tx.commit()?;
-            Ok(ConsumeOutcome::Consumed { user, redirect_url })
+            Ok(ConsumeOutcome::Consumed {
+                user,
+                redirect_url,
+                response,
+            })
         })
         .await
     }

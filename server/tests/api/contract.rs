@@ -9,7 +9,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 
 use magicauth_server::clock::Clock;
-use magicauth_server::store::{IdempotencyQuery, Retention, StoredResponse};
+use magicauth_server::domain::MagicToken;
+use magicauth_server::store::{
+    ConsumeClaim, ConsumeOutcome, IdempotencyClaim, IdempotencyQuery, Respond, Retention, StoredResponse,
+};
 
 use crate::support::{Backend, TestApp, assert_error, backend_tests, json_of, token_of};
 
@@ -700,6 +703,60 @@ async fn refused_verifications_are_stored_under_their_key(backend: Backend) {
     let again = verify("late", token).await;
     assert!(replayed(&again));
     assert_error(again, 400, "token_used").await;
+}
+
+backend_tests!(a_token_consumed_under_a_key_stores_the_response_in_the_same_call);
+/// The claim, the consumption and the response are one transaction: once
+/// `consume_link` returns, the key replays the response, with no completion
+/// step that a crash could skip (which would leave the token used and the
+/// key in progress, so that a retry found the token used).
+async fn a_token_consumed_under_a_key_stores_the_response_in_the_same_call(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let (app_id, key) = app.create_app(&[]).await;
+    let token = app.request_token(&key, "claim@example.com").await;
+    let token_hash = MagicToken::parse(&token).expect("a token").hash();
+    let now = app.clock.now_ms();
+    let query = IdempotencyQuery {
+        app_id: &app_id,
+        key: "k1",
+        request_hash: &[7; 32],
+        now,
+        retention_ms: 86_400_000,
+        abandon_after_ms: 60_000,
+    };
+    let respond: Respond = Arc::new(|user, redirect_url| StoredResponse {
+        status: 200,
+        body: format!("{} {redirect_url}", user.email),
+    });
+    let claim = ConsumeClaim { query: &query, respond };
+    let outcome = app
+        .store
+        .consume_link(&token_hash, &app_id, now, Some(&claim))
+        .await
+        .expect("consume");
+    let ConsumeOutcome::Consumed {
+        response: Some(response),
+        ..
+    } = outcome
+    else {
+        panic!("not consumed with a response: {outcome:?}");
+    };
+    assert!(response.body.starts_with("claim@example.com "), "{response:?}");
+    assert_eq!(
+        app.store.claim_idempotency_key(&query).await.expect("claim"),
+        IdempotencyClaim::Replay(response)
+    );
+    // The same key again: nothing more is consumed or stored (the token's
+    // state or the key's record may be found first).
+    let again = app
+        .store
+        .consume_link(&token_hash, &app_id, now, Some(&claim))
+        .await
+        .expect("consume again");
+    assert!(
+        matches!(again, ConsumeOutcome::Used | ConsumeOutcome::KeyTaken),
+        "{again:?}"
+    );
 }
 
 backend_tests!(idempotency_keys_are_forgotten_after_a_day);
