@@ -169,22 +169,8 @@ impl Testbed {
     /// Waits until `to` has received at least `min_count` emails; returns the
     /// count and the newest, or `None` on timeout.
     pub async fn wait_for_mail(&self, to: &str, min_count: usize, timeout: Duration) -> Option<(usize, Mail)> {
-        let to = to.to_lowercase();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let mails = self.smtp.lock().await.messages().await;
-            let mine: Vec<&ReceivedMail> = mails
-                .iter()
-                .filter(|m| m.to.iter().any(|t| t.to_lowercase() == to))
-                .collect();
-            if mine.len() >= min_count.max(1) {
-                return mine.last().map(|m| (mine.len(), Mail::from(*m)));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let arrival = self.smtp.lock().await.wait_for_recipient(to, min_count, timeout);
+        arrival.await.map(|(count, mail)| (count, Mail::from(&mail)))
     }
 
     /// Every email delivered so far.

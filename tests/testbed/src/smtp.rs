@@ -181,6 +181,37 @@ impl SmtpSink {
         self.shared.mail.borrow().clone()
     }
 
+    /// Waits until at least `n` messages to `to` (case-insensitive) have
+    /// arrived, then gives their count and the last of them; `None` at the
+    /// timeout. The future does not borrow the sink, so it can be stopped or
+    /// restarted meanwhile. It wakes on each new message and copies only the
+    /// one it returns.
+    pub fn wait_for_recipient(
+        &self,
+        to: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> impl Future<Output = Option<(usize, ReceivedMail)>> + Send + 'static {
+        let mut rx = self.shared.mail.subscribe();
+        let to = to.to_lowercase();
+        async move {
+            let is_to = |m: &ReceivedMail| {
+                m.to.iter()
+                    .any(|t| t.eq_ignore_ascii_case(&to) || t.to_lowercase() == to)
+            };
+            let n = n.max(1);
+            let mail = tokio::time::timeout(
+                timeout,
+                rx.wait_for(|mail| mail.iter().filter(|m| is_to(m)).count() >= n),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            let count = mail.iter().filter(|m| is_to(m)).count();
+            mail.iter().rev().find(|m| is_to(m)).map(|m| (count, m.clone()))
+        }
+    }
+
     /// Waits until at least `n` messages have arrived or `timeout` elapses,
     /// then returns the snapshot (which may hold fewer than `n` messages).
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<ReceivedMail> {
