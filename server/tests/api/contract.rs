@@ -759,6 +759,28 @@ async fn a_token_consumed_under_a_key_stores_the_response_in_the_same_call(backe
     );
 }
 
+backend_tests!(connections_the_database_dropped_are_replaced_before_use);
+/// A restart or failover of PostgreSQL ends the server's pooled connections.
+/// A connection that sat idle is checked before use and replaced, so no
+/// request fails for it (on SQLite there is no connection to lose).
+async fn connections_the_database_dropped_are_replaced_before_use(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let (_, key) = app.create_app(&[]).await;
+    assert_error(app.verify(&key, "mt_unknown").await, 400, "invalid_token").await;
+    if app.db.backend() == "postgres" {
+        app.db
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    for _ in 0..5 {
+        assert_error(app.verify(&key, "mt_unknown").await, 400, "invalid_token").await;
+    }
+}
+
 backend_tests!(idempotency_keys_are_forgotten_after_a_day);
 async fn idempotency_keys_are_forgotten_after_a_day(backend: Backend) {
     let app = TestApp::spawn(&backend).await;
