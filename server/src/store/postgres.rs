@@ -46,6 +46,23 @@ fn ping_if_idle(
     })
 }
 
+/// Stores the finished response of the request that holds `key`.
+async fn store_response<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    app_id: &str,
+    key: &str,
+    response: &StoredResponse,
+) -> StoreResult<()> {
+    sqlx::query("UPDATE idempotency_keys SET status = $1, body = $2 WHERE app_id = $3 AND key = $4")
+        .bind(i32::from(response.status))
+        .bind(&response.body)
+        .bind(app_id)
+        .bind(key)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
 pub struct PostgresStore {
     pool: PgPool,
 }
@@ -419,13 +436,7 @@ impl Store for PostgresStore {
         let response = match claim {
             Some(ConsumeClaim { query: q, respond }) => {
                 let response = respond(&user, &redirect_url);
-                sqlx::query("UPDATE idempotency_keys SET status = $1, body = $2 WHERE app_id = $3 AND key = $4")
-                    .bind(i32::from(response.status))
-                    .bind(&response.body)
-                    .bind(q.app_id)
-                    .bind(q.key)
-                    .execute(&mut *tx)
-                    .await?;
+                store_response(&mut *tx, q.app_id, q.key, &response).await?;
                 Some(response)
             }
             None => None,
@@ -543,14 +554,7 @@ impl Store for PostgresStore {
     }
 
     async fn complete_idempotency_key(&self, app_id: &str, key: &str, response: &StoredResponse) -> StoreResult<()> {
-        sqlx::query("UPDATE idempotency_keys SET status = $1, body = $2 WHERE app_id = $3 AND key = $4")
-            .bind(i32::from(response.status))
-            .bind(&response.body)
-            .bind(app_id)
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        store_response(&self.pool, app_id, key, response).await
     }
 
     async fn release_idempotency_key(&self, app_id: &str, key: &str) -> StoreResult<()> {

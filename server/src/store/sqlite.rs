@@ -275,6 +275,13 @@ fn is_in_memory(url: &str) -> bool {
     database == ":memory:" || params.split('&').any(|p| p == "mode=memory")
 }
 
+/// Stores the finished response of the request that holds `key`.
+fn store_response(conn: &Connection, app_id: &str, key: &str, response: &StoredResponse) -> StoreResult<()> {
+    conn.prepare_cached("UPDATE idempotency_keys SET status = ?1, body = ?2 WHERE app_id = ?3 AND key = ?4")?
+        .execute(params![i64::from(response.status), response.body, app_id, key])?;
+    Ok(())
+}
+
 /// Another connection (of this process or another) holds the lock.
 fn is_busy(error: &rusqlite::Error) -> bool {
     matches!(
@@ -603,10 +610,7 @@ impl Store for SqliteStore {
             let response = match &claim {
                 Some((key, _, respond)) => {
                     let response = respond(&user, &redirect_url);
-                    tx.prepare_cached(
-                        "UPDATE idempotency_keys SET status = ?1, body = ?2 WHERE app_id = ?3 AND key = ?4",
-                    )?
-                    .execute(params![response.status, response.body, app_id, key])?;
+                    store_response(&tx, &app_id, key, &response)?;
                     Some(response)
                 }
                 None => None,
@@ -709,12 +713,8 @@ impl Store for SqliteStore {
 
     async fn complete_idempotency_key(&self, app_id: &str, key: &str, response: &StoredResponse) -> StoreResult<()> {
         let (app_id, key, response) = (app_id.to_owned(), key.to_owned(), response.clone());
-        self.run_write(move |conn| {
-            conn.prepare_cached("UPDATE idempotency_keys SET status = ?1, body = ?2 WHERE app_id = ?3 AND key = ?4")?
-                .execute(params![i64::from(response.status), response.body, app_id, key])?;
-            Ok(())
-        })
-        .await
+        self.run_write(move |conn| store_response(conn, &app_id, &key, &response))
+            .await
     }
 
     async fn release_idempotency_key(&self, app_id: &str, key: &str) -> StoreResult<()> {
