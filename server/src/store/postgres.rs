@@ -46,6 +46,21 @@ fn ping_if_idle(
     })
 }
 
+/// Claims the query's key (a record in flight) if it has no record; false if it has one.
+async fn claim_free_key<'e>(executor: impl sqlx::PgExecutor<'e>, q: &IdempotencyQuery<'_>) -> StoreResult<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (app_id, key) DO NOTHING",
+    )
+    .bind(q.app_id)
+    .bind(q.key)
+    .bind(&q.request_hash[..])
+    .bind(q.now)
+    .execute(executor)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
 /// Stores the finished response of the request that holds `key`.
 async fn store_response<'e>(
     executor: impl sqlx::PgExecutor<'e>,
@@ -372,17 +387,7 @@ impl Store for PostgresStore {
         if let Some(ConsumeClaim { query: q, .. }) = claim {
             // A concurrent claim of the same key waits for our commit, then
             // finds the row and does nothing.
-            let claimed = sqlx::query(
-                "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (app_id, key) DO NOTHING",
-            )
-            .bind(q.app_id)
-            .bind(q.key)
-            .bind(&q.request_hash[..])
-            .bind(q.now)
-            .execute(&mut *tx)
-            .await?;
-            if claimed.rows_affected() == 0 {
+            if !claim_free_key(&mut *tx, q).await? {
                 tx.rollback().await?;
                 return Ok(ConsumeOutcome::KeyTaken);
             }
@@ -494,17 +499,7 @@ impl Store for PostgresStore {
         // a stale record is taken over by a compare-and-swap on what we read,
         // so of two requests racing for one key exactly one gets `Claimed`.
         for _ in 0..CLAIM_ATTEMPTS {
-            let inserted = sqlx::query(
-                "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (app_id, key) DO NOTHING",
-            )
-            .bind(q.app_id)
-            .bind(q.key)
-            .bind(&q.request_hash[..])
-            .bind(q.now)
-            .execute(&self.pool)
-            .await?;
-            if inserted.rows_affected() == 1 {
+            if claim_free_key(&self.pool, q).await? {
                 return Ok(IdempotencyClaim::Claimed);
             }
             let existing = sqlx::query(

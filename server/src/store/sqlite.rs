@@ -275,6 +275,17 @@ fn is_in_memory(url: &str) -> bool {
     database == ":memory:" || params.split('&').any(|p| p == "mode=memory")
 }
 
+/// Claims `key` (a record in flight) if it has no record; false if it has one.
+fn claim_free_key(conn: &Connection, app_id: &str, key: &str, request_hash: &[u8], now: Millis) -> StoreResult<bool> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (app_id, key) DO NOTHING",
+        )?
+        .execute(params![app_id, key, request_hash, now])?;
+    Ok(inserted == 1)
+}
+
 /// Stores the finished response of the request that holds `key`.
 fn store_response(conn: &Connection, app_id: &str, key: &str, response: &StoredResponse) -> StoreResult<()> {
     conn.prepare_cached("UPDATE idempotency_keys SET status = ?1, body = ?2 WHERE app_id = ?3 AND key = ?4")?
@@ -567,16 +578,10 @@ impl Store for SqliteStore {
                 return Ok(refused);
             }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if let Some((key, request_hash, _)) = &claim {
-                let claimed = tx
-                    .prepare_cached(
-                        "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (app_id, key) DO NOTHING",
-                    )?
-                    .execute(params![app_id, key, request_hash, now])?;
-                if claimed == 0 {
-                    return Ok(ConsumeOutcome::KeyTaken);
-                }
+            if let Some((key, request_hash, _)) = &claim
+                && !claim_free_key(&tx, &app_id, key, request_hash, now)?
+            {
+                return Ok(ConsumeOutcome::KeyTaken);
             }
             // The one statement that decides who wins: no read-then-write.
             let consumed: Option<(String, String)> = tx
@@ -666,14 +671,8 @@ impl Store for SqliteStore {
         let (app_id, key, request_hash) = (q.app_id.to_owned(), q.key.to_owned(), q.request_hash.to_vec());
         let (now, retention_ms, abandon_after_ms) = (q.now, q.retention_ms, q.abandon_after_ms);
         self.run_write(move |conn| {
-            let insert = "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4)
-                          ON CONFLICT (app_id, key) DO NOTHING";
             // A new key (the common case) is one statement.
-            if conn
-                .prepare_cached(insert)?
-                .execute(params![app_id, key, request_hash, now])?
-                == 1
-            {
+            if claim_free_key(conn, &app_id, &key, &request_hash, now)? {
                 return Ok(IdempotencyClaim::Claimed);
             }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -703,8 +702,8 @@ impl Store for SqliteStore {
                 tx.prepare_cached("DELETE FROM idempotency_keys WHERE app_id = ?1 AND key = ?2")?
                     .execute(params![app_id, key])?;
             }
-            tx.prepare_cached(insert)?
-                .execute(params![app_id, key, request_hash, now])?;
+            // Free now, under the write lock this transaction holds.
+            claim_free_key(&tx, &app_id, &key, &request_hash, now)?;
             tx.commit()?;
             Ok(IdempotencyClaim::Claimed)
         })
@@ -899,6 +898,15 @@ mod tests {
         }
     }
 
+    /// A store on a new database file at `path`, with the schema applied.
+    async fn migrated_store(path: &std::path::Path) -> SqliteStore {
+        let store = SqliteStore::connect(&DatabaseOptions::new(format!("sqlite://{}", path.display())))
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        store
+    }
+
     /// A write that meets another process's write lock must wait for it off
     /// the async worker: on a single-threaded runtime, this test could not
     /// go on to release the lock if the write blocked the thread.
@@ -906,10 +914,7 @@ mod tests {
     async fn a_locked_database_is_waited_for_off_the_async_thread() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("busy.db");
-        let store = SqliteStore::connect(&DatabaseOptions::new(format!("sqlite://{}", path.display())))
-            .await
-            .expect("store");
-        store.migrate().await.expect("migrate");
+        let store = migrated_store(&path).await;
         store.create_app(&app("app_first")).await.expect("first app");
 
         let (locked_tx, locked_rx) = mpsc::channel();
@@ -953,10 +958,7 @@ mod tests {
     async fn the_wal_is_checkpointed_in_the_background() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("wal.db");
-        let store = SqliteStore::connect(&DatabaseOptions::new(format!("sqlite://{}", path.display())))
-            .await
-            .expect("store");
-        store.migrate().await.expect("migrate");
+        let store = migrated_store(&path).await;
         let before = std::fs::metadata(&path).expect("database file").len();
         for i in 0..200 {
             store.create_app(&app(&format!("app_{i}"))).await.expect("app");
@@ -979,13 +981,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_writes_of_one_process_never_wait_on_the_lock() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("gate.db");
-        let store = Arc::new(
-            SqliteStore::connect(&DatabaseOptions::new(format!("sqlite://{}", path.display())))
-                .await
-                .expect("store"),
-        );
-        store.migrate().await.expect("migrate");
+        let store = Arc::new(migrated_store(&dir.path().join("gate.db")).await);
         let writers: Vec<_> = (0..16)
             .map(|w| {
                 let store = Arc::clone(&store);
