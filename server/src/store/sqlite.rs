@@ -243,29 +243,78 @@ fn app_from_row(row: &Row<'_>) -> StoreResult<AppRecord> {
 
 /// Copies the WAL's committed pages into the database file every
 /// `CHECKPOINT_EVERY`, on the blocking pool, until the store is dropped.
-/// PASSIVE: it never waits for readers or writers, it copies what it can.
+///
+/// SQLite starts writing the WAL from its beginning again only when a write
+/// begins with every frame already copied. Under a steady stream of writes a
+/// checkpoint never gets there on its own: frames are appended while it copies.
+/// The WAL then grows for as long as the server runs (and each append to a new
+/// region of the file costs the kernel a page to zero). So after the copy, a
+/// second pass copies the frames appended meanwhile while this process's
+/// writers wait at their gate (`Pool::writer`), and the next write starts the
+/// WAL over. The first pass does the bulk of the work (and its fsyncs) without
+/// holding anyone up.
+///
+/// PASSIVE: neither pass waits for SQLite's locks; what one cannot copy (a
+/// reader still on an older snapshot, another process's writer) waits for the
+/// next tick.
 async fn checkpoint_in_background(pool: Weak<Pool>) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The WAL's frame count after the last tick's checkpoint.
+    let mut last = None;
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        // A pool with every connection busy checkpoints at the next tick.
-        let Ok(permit) = pool.permits.clone().try_acquire_owned() else {
-            continue;
+        let outcome = match checkpoint(&pool, None).await {
+            // Nothing was written since the last tick.
+            Ok(Some(wal)) if Some(wal) == last && wal.copied == wal.frames => continue,
+            // A checkpoint counts the frames there were when it began.
+            Ok(Some(_)) => {
+                let gate = tokio::time::timeout(pool.acquire_timeout, pool.writer.clone().acquire_owned()).await;
+                match gate {
+                    Ok(Ok(gate)) => checkpoint(&pool, Some(gate)).await,
+                    _ => continue,
+                }
+            }
+            outcome => outcome,
         };
-        let done = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let conn = pool.take()?;
-            let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-            pool.give_back(conn);
-            result
-        })
-        .await;
-        if let Ok(Err(error)) = done {
-            tracing::warn!(%error, "SQLite WAL checkpoint failed");
+        match outcome {
+            Ok(wal) => last = wal,
+            Err(error) => tracing::warn!(%error, "SQLite WAL checkpoint failed"),
         }
     }
+}
+
+/// A checkpoint's count of frames: in the WAL when it began, and copied into
+/// the database file by the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WalFrames {
+    frames: i64,
+    copied: i64,
+}
+
+/// One PASSIVE checkpoint on the blocking pool, holding `gate` (if any) until
+/// it is done; `None` when every connection was in use.
+async fn checkpoint(pool: &Arc<Pool>, gate: Option<OwnedSemaphorePermit>) -> StoreResult<Option<WalFrames>> {
+    let Ok(permit) = pool.permits.clone().try_acquire_owned() else {
+        return Ok(None);
+    };
+    let pool = Arc::clone(pool);
+    tokio::task::spawn_blocking(move || {
+        let _held = (permit, gate);
+        let conn = pool.take()?;
+        // Columns: busy, frames, copied.
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok(WalFrames {
+                frames: row.get(1)?,
+                copied: row.get(2)?,
+            })
+        });
+        pool.give_back(conn);
+        Ok(Some(result?))
+    })
+    .await
+    .map_err(|e| StoreError::Corrupt(format!("checkpoint task failed: {e}")))?
 }
 
 /// `sqlite::memory:` or `mode=memory`: a database private to each connection.
@@ -973,6 +1022,56 @@ mod tests {
         }
         assert!(grown, "no checkpoint copied the WAL into the database file within 5 s");
         assert_eq!(store.list_apps().await.expect("read").len(), 200);
+    }
+
+    /// The checkpoint sequence number in a WAL file's header, which SQLite
+    /// increments each time it starts writing the WAL from its beginning.
+    fn wal_restarts(path: &std::path::Path) -> Option<u32> {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let mut header = [0u8; 16];
+        std::io::Read::read_exact(&mut std::fs::File::open(wal).ok()?, &mut header).ok()?;
+        Some(u32::from_be_bytes([header[12], header[13], header[14], header[15]]))
+    }
+
+    /// Writes that never pause still let the WAL start over: without that it
+    /// grows for as long as the server runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_under_writes_that_never_pause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("restart.db");
+        let store = Arc::new(migrated_store(&path).await);
+        store.create_app(&app("app_first")).await.expect("app");
+        let first = wal_restarts(&path).expect("a WAL header");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        store.create_app(&app(&format!("app_{w}_{i}"))).await.expect("app");
+                        i += 1;
+                        // A write that meets no wait never yields; let the
+                        // runtime's timers run.
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        let mut restarted = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if wal_restarts(&path).is_some_and(|now| now != first) {
+                restarted = true;
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for writer in writers {
+            writer.await.expect("writer");
+        }
+        assert!(restarted, "the WAL did not start over within 5 s of steady writes");
     }
 
     /// Concurrent writes of one process take turns at the gate: none meets
