@@ -151,8 +151,9 @@ pub struct AuthService {
 }
 
 impl AuthService {
-    /// Finds the app of a key. Apps are read on every request (no cache), so
-    /// a disabled app or rotated key takes effect at once on every replica.
+    /// Finds the app of a key. The store keeps an app it read for at most
+    /// `APP_CACHE_TTL`, so a disabled app or rotated key takes effect on every
+    /// replica within that time (the contract allows one second).
     pub async fn authenticate(&self, app_key: &str) -> Result<App, AuthError> {
         let key = AppKey::parse(app_key).ok_or(AuthError::InvalidAppKey)?;
         let record = self

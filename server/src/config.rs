@@ -182,7 +182,7 @@ pub enum AppsCommand {
         /// App id (`app_…`).
         id: String,
     },
-    /// Replace the app_key; the old key stops working at once. Prints the new key.
+    /// Replace the app_key; the old key stops working within a second. Prints the new key.
     RotateKey {
         /// App id (`app_…`).
         id: String,

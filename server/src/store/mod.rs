@@ -5,6 +5,7 @@
 //! mail outbox) lives here, and every operation that must be atomic is one
 //! method, so each backend can make it atomic in its own way.
 
+mod app_cache;
 mod postgres;
 mod sqlite;
 
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 
 use crate::domain::SecretHash;
 
+pub use app_cache::APP_CACHE_TTL;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -326,10 +328,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_app(&self, app: &NewApp) -> StoreResult<()>;
     async fn list_apps(&self) -> StoreResult<Vec<AppRecord>>;
+    /// The app of a key. An app found is kept for up to `APP_CACHE_TTL`, so a
+    /// change made by another process (an operator's `apps` command) reaches
+    /// this one within that time; changes made through this store, at once.
     async fn app_by_key_hash(&self, key_hash: &SecretHash) -> StoreResult<Option<AppRecord>>;
     /// Returns false when no app has this id.
     async fn set_app_disabled(&self, app_id: &str, disabled: bool, now: Millis) -> StoreResult<bool>;
-    /// Replaces the key hash; the old key stops working at once. False when no such app.
+    /// Replaces the key hash: the old key stops working at once through this
+    /// store, within `APP_CACHE_TTL` in other processes. False when no such app.
     async fn rotate_app_key(&self, app_id: &str, key_hash: &SecretHash, now: Millis) -> StoreResult<bool>;
 
     /// Checks the per-app and per-email windows and the monthly quota, and
@@ -350,6 +356,8 @@ pub trait Store: Send + Sync + 'static {
     /// `claim`, the Idempotency-Key is claimed in the same transaction (as
     /// `claim_idempotency_key` does for a new key): both happen or neither;
     /// `KeyTaken` when the key has a record already. A refusal claims nothing.
+    /// It takes the write lock even for a token it refuses: callers ask
+    /// `link_refusal` first, which decides most refusals by reading.
     async fn consume_link(
         &self,
         token_hash: &SecretHash,

@@ -13,13 +13,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::pool::PoolConnectionMetadata;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
+use super::app_cache::AppCache;
 use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -80,6 +81,7 @@ async fn store_response<'e>(
 
 pub struct PostgresStore {
     pool: PgPool,
+    apps: AppCache,
 }
 
 impl PostgresStore {
@@ -107,7 +109,10 @@ impl PostgresStore {
             }
             Err(error) => return Err(error.into()),
         };
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            apps: AppCache::new(),
+        })
     }
 }
 
@@ -227,6 +232,11 @@ impl Store for PostgresStore {
     }
 
     async fn app_by_key_hash(&self, key_hash: &SecretHash) -> StoreResult<Option<AppRecord>> {
+        let ticket = match self.apps.get(key_hash) {
+            Ok(app) => return Ok(Some(app)),
+            Err(ticket) => ticket,
+        };
+        let read_at = Instant::now();
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {APP_COLUMNS}, key_hash FROM apps WHERE key_hash = $1"
         )))
@@ -237,7 +247,11 @@ impl Store for PostgresStore {
         // The index lookup found it; confirm in constant time all the same.
         let stored: Vec<u8> = row.try_get("key_hash")?;
         match SecretHash::from_bytes(&stored) {
-            Some(h) if h.ct_eq(key_hash) => Ok(Some(app_from_row(&row)?)),
+            Some(h) if h.ct_eq(key_hash) => {
+                let app = app_from_row(&row)?;
+                self.apps.put(ticket, key_hash, &app, read_at);
+                Ok(Some(app))
+            }
             _ => Ok(None),
         }
     }
@@ -248,7 +262,9 @@ impl Store for PostgresStore {
             .bind(now)
             .bind(app_id)
             .execute(&self.pool)
-            .await?;
+            .await;
+        self.apps.clear();
+        let done = done?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -258,7 +274,9 @@ impl Store for PostgresStore {
             .bind(now)
             .bind(app_id)
             .execute(&self.pool)
-            .await?;
+            .await;
+        self.apps.clear();
+        let done = done?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -19,13 +19,14 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::app_cache::AppCache;
 use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -43,6 +44,7 @@ pub struct SqliteStore {
     pool: Arc<Pool>,
     /// The URL as given, for the migrator.
     url: String,
+    apps: AppCache,
 }
 
 /// Idle connections, permits that bound how many exist, and the gate that
@@ -124,6 +126,7 @@ impl SqliteStore {
                 waited: AtomicU64::new(0),
             }),
             url: database.url.clone(),
+            apps: AppCache::new(),
         };
         // Open one connection now, so a bad path fails at start-up.
         store.run(|_| Ok(())).await?;
@@ -240,6 +243,16 @@ fn app_from_row(row: &Row<'_>) -> StoreResult<AppRecord> {
         created_at: row.get("created_at")?,
     })
 }
+
+/// Deletes the idempotency records created at or before `?1` without an
+/// index on `created_at` (one page less for every keyed request to write):
+/// records are inserted in time order, so the expired ones come first in
+/// rowid order. It deletes those before the first record still kept, and
+/// reads only them and that one. A record inserted out of order (a clock
+/// stepped back) is never deleted early; it can only stay a little longer.
+const PURGE_IDEMPOTENCY_KEYS: &str = "DELETE FROM idempotency_keys WHERE rowid < coalesce(
+         (SELECT rowid FROM idempotency_keys WHERE created_at > ?1 ORDER BY rowid LIMIT 1),
+         (SELECT max(rowid) + 1 FROM idempotency_keys))";
 
 /// Copies the WAL's committed pages into the database file every
 /// `CHECKPOINT_EVERY`, on the blocking pool, until the store is dropped.
@@ -463,43 +476,58 @@ impl Store for SqliteStore {
     }
 
     async fn app_by_key_hash(&self, key_hash: &SecretHash) -> StoreResult<Option<AppRecord>> {
-        let key_hash = *key_hash;
-        self.run(move |conn| {
-            let mut statement =
-                conn.prepare_cached(&format!("SELECT {APP_COLUMNS}, key_hash FROM apps WHERE key_hash = ?1"))?;
-            let mut rows = statement.query([&key_hash.as_bytes()[..]])?;
-            let Some(row) = rows.next()? else { return Ok(None) };
-            // The index lookup found it; confirm in constant time all the same.
-            let stored: Vec<u8> = row.get("key_hash")?;
-            match SecretHash::from_bytes(&stored) {
-                Some(h) if h.ct_eq(&key_hash) => Ok(Some(app_from_row(row)?)),
-                _ => Ok(None),
-            }
-        })
-        .await
+        let ticket = match self.apps.get(key_hash) {
+            Ok(app) => return Ok(Some(app)),
+            Err(ticket) => ticket,
+        };
+        let (key_hash, read_at) = (*key_hash, Instant::now());
+        let app = self
+            .run(move |conn| {
+                let mut statement =
+                    conn.prepare_cached(&format!("SELECT {APP_COLUMNS}, key_hash FROM apps WHERE key_hash = ?1"))?;
+                let mut rows = statement.query([&key_hash.as_bytes()[..]])?;
+                let Some(row) = rows.next()? else { return Ok(None) };
+                // The index lookup found it; confirm in constant time all the same.
+                let stored: Vec<u8> = row.get("key_hash")?;
+                match SecretHash::from_bytes(&stored) {
+                    Some(h) if h.ct_eq(&key_hash) => Ok(Some(app_from_row(row)?)),
+                    _ => Ok(None),
+                }
+            })
+            .await?;
+        if let Some(app) = &app {
+            self.apps.put(ticket, &key_hash, app, read_at);
+        }
+        Ok(app)
     }
 
     async fn set_app_disabled(&self, app_id: &str, disabled: bool, now: Millis) -> StoreResult<bool> {
         let app_id = app_id.to_owned();
-        self.run_write(move |conn| {
-            let changed = conn
-                .prepare_cached("UPDATE apps SET disabled = ?1, updated_at = ?2 WHERE id = ?3")?
-                .execute(params![i64::from(disabled), now, app_id])?;
-            Ok(changed == 1)
-        })
-        .await
+        let changed = self
+            .run_write(move |conn| {
+                let changed = conn
+                    .prepare_cached("UPDATE apps SET disabled = ?1, updated_at = ?2 WHERE id = ?3")?
+                    .execute(params![i64::from(disabled), now, app_id])?;
+                Ok(changed == 1)
+            })
+            .await;
+        self.apps.clear();
+        changed
     }
 
     async fn rotate_app_key(&self, app_id: &str, key_hash: &SecretHash, now: Millis) -> StoreResult<bool> {
         let app_id = app_id.to_owned();
         let key_hash = key_hash.as_bytes().to_vec();
-        self.run_write(move |conn| {
-            let changed = conn
-                .prepare_cached("UPDATE apps SET key_hash = ?1, updated_at = ?2 WHERE id = ?3")?
-                .execute(params![key_hash, now, app_id])?;
-            Ok(changed == 1)
-        })
-        .await
+        let changed = self
+            .run_write(move |conn| {
+                let changed = conn
+                    .prepare_cached("UPDATE apps SET key_hash = ?1, updated_at = ?2 WHERE id = ?3")?
+                    .execute(params![key_hash, now, app_id])?;
+                Ok(changed == 1)
+            })
+            .await;
+        self.apps.clear();
+        changed
     }
 
     async fn check_send_rate(&self, q: &RateQuery<'_>) -> StoreResult<RateDecision> {
@@ -619,13 +647,9 @@ impl Store for SqliteStore {
         let hash = token_hash.as_bytes().to_vec();
         let app_id = app_id.to_owned();
         let claim = claim.map(|c| (c.query.key.to_owned(), c.query.request_hash.to_vec(), c.respond.clone()));
+        // Callers read `link_refusal` first: the common failures (unknown,
+        // used, expired) are decided without the write lock.
         self.run_write(move |conn| {
-            // Fast path for the common failures (unknown, used, expired),
-            // without the write lock. It decides nothing about success: that
-            // is the UPDATE below, which re-checks every condition atomically.
-            if let Some(refused) = refusal(conn, &hash, &app_id, now)? {
-                return Ok(refused);
-            }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if let Some((key, request_hash, _)) = &claim
                 && !claim_free_key(&tx, &app_id, key, request_hash, now)?
@@ -641,6 +665,7 @@ impl Store for SqliteStore {
                 )?
                 .query_row(params![now, hash, app_id], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
+            // A refusal rolls the claim back with the transaction.
             let Some((email, redirect_url)) = consumed else {
                 let outcome = refusal(&tx, &hash, &app_id, now)?.unwrap_or(ConsumeOutcome::Expired);
                 return Ok(outcome);
@@ -908,7 +933,12 @@ impl Store for SqliteStore {
     }
 
     async fn purge(&self, r: &Retention) -> StoreResult<()> {
-        let statements = purge_statements(r);
+        let mut statements = purge_statements(r);
+        for (sql, _) in &mut statements {
+            if sql.starts_with("DELETE FROM idempotency_keys ") {
+                *sql = PURGE_IDEMPOTENCY_KEYS;
+            }
+        }
         // One statement per operation, so writers of the API wait for the
         // write lock no longer than one DELETE.
         for (sql, cutoff) in statements {
@@ -983,6 +1013,7 @@ mod tests {
             let store = SqliteStore {
                 pool: Arc::clone(&store.pool),
                 url: store.url.clone(),
+                apps: AppCache::new(),
             };
             async move { store.create_app(&app("app_second")).await }
         });
@@ -1022,6 +1053,115 @@ mod tests {
         }
         assert!(grown, "no checkpoint copied the WAL into the database file within 5 s");
         assert_eq!(store.list_apps().await.expect("read").len(), 200);
+    }
+
+    /// A database made by the first migration keeps its users and their ids
+    /// through the second, which rebuilds the table without AUTOINCREMENT.
+    #[tokio::test]
+    async fn upgrading_keeps_users_and_their_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("upgrade.db");
+        let url = format!("sqlite://{}", path.display());
+        let first = MIGRATOR.iter().next().expect("a first migration").clone();
+        let options = SqliteConnectOptions::from_str(&url)
+            .expect("url")
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new().connect_with(options).await.expect("pool");
+        sqlx::migrate::Migrator::with_migrations(vec![first])
+            .run(&pool)
+            .await
+            .expect("first migration");
+        pool.close().await;
+        let store = SqliteStore::connect(&DatabaseOptions::new(url)).await.expect("store");
+        store.create_app(&app("app_a")).await.expect("app");
+        let users = |sql: &'static str| {
+            store.run_write(move |conn| {
+                conn.execute_batch(sql)?;
+                let mut statement = conn.prepare("SELECT id, email FROM users ORDER BY id")?;
+                let rows = statement.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+        };
+        users(
+            "INSERT INTO users (id, app_id, email, email_verified_at, last_login_at, created_at)
+             VALUES (3, 'app_a', 'a@example.com', 1, 1, 1), (7, 'app_a', 'b@example.com', 2, 2, 2);",
+        )
+        .await
+        .expect("users");
+
+        store.migrate().await.expect("the other migrations");
+        let after = users(
+            "INSERT INTO users (app_id, email, email_verified_at, last_login_at, created_at)
+             VALUES ('app_a', 'c@example.com', 3, 3, 3);",
+        )
+        .await
+        .expect("a new user");
+        assert_eq!(
+            after,
+            [
+                (3, "a@example.com".to_owned()),
+                (7, "b@example.com".to_owned()),
+                (8, "c@example.com".to_owned())
+            ]
+        );
+        let duplicate = users(
+            "INSERT INTO users (app_id, email, email_verified_at, last_login_at, created_at)
+             VALUES ('app_a', 'c@example.com', 4, 4, 4);",
+        )
+        .await;
+        assert!(duplicate.is_err(), "(app_id, email) is no longer unique");
+    }
+
+    /// Without an index on `created_at`, the purge walks idempotency records
+    /// in insertion order and stops at the first one still kept: it never
+    /// deletes a kept record, even one inserted before an older one.
+    #[tokio::test]
+    async fn purge_deletes_idempotency_records_in_insertion_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = migrated_store(&dir.path().join("purge.db")).await;
+        // created_at in insertion order; c and e come after a clock step back.
+        for (key, at) in [("a", 100), ("b", 200), ("c", 150), ("d", 300), ("e", 120)] {
+            let query = IdempotencyQuery {
+                app_id: "app_a",
+                key,
+                request_hash: &[1; 32],
+                now: at,
+                retention_ms: 1_000,
+                abandon_after_ms: 100,
+            };
+            let response = StoredResponse {
+                status: 400,
+                body: "{}".into(),
+            };
+            assert!(
+                store
+                    .record_idempotent_response(&query, &response)
+                    .await
+                    .expect("record")
+            );
+        }
+        let kept_after = async |cutoff: i64| {
+            let retention = Retention {
+                now: cutoff + 1_000,
+                rate_hits_ms: 0,
+                idempotency_ms: 1_000,
+                links_after_expiry_ms: 0,
+                outbox_done_ms: 0,
+            };
+            store.purge(&retention).await.expect("purge");
+            store
+                .run(|conn| {
+                    let mut statement = conn.prepare("SELECT key FROM idempotency_keys ORDER BY rowid")?;
+                    let keys = statement.query_map([], |row| row.get::<_, String>(0))?;
+                    Ok(keys.collect::<Result<Vec<_>, _>>()?)
+                })
+                .await
+                .expect("keys")
+        };
+        // b (200) is kept: the walk stops there; c and e wait for a later purge.
+        assert_eq!(kept_after(160).await, ["b", "c", "d", "e"]);
+        assert_eq!(kept_after(250).await, ["d", "e"]);
+        assert_eq!(kept_after(300).await, Vec::<String>::new());
     }
 
     /// The checkpoint sequence number in a WAL file's header, which SQLite

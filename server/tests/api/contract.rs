@@ -1052,11 +1052,20 @@ async fn purge_deletes_records_past_their_retention(backend: Backend) {
         links_after_expiry_ms: 86_400_000,
         outbox_done_ms: 86_400_000,
     };
+    // A second key, recorded 10 hours later.
+    let later = IdempotencyQuery {
+        key: "later",
+        now: start + 36_000_000,
+        ..query
+    };
+    let later_free = || async { app.store.record_idempotent_response(&later, &response).await.unwrap() };
     assert!(free().await, "a new key");
     assert!(!free().await, "recorded");
+    assert!(later_free().await, "a second new key");
     app.store.purge(&retention(start + 1_000)).await.unwrap();
     assert!(!free().await, "kept within its retention");
     app.store.purge(&retention(start + 86_400_001)).await.unwrap();
+    assert!(!later_free().await, "the later key is kept within its retention");
     assert!(free().await, "deleted after its retention");
 }
 
