@@ -1,5 +1,6 @@
-//! Microseconds per store operation on the request path of `verify-token`,
-//! for each backend: SQLite always, PostgreSQL when
+//! Microseconds per store operation on the request path of `verify-token`
+//! (and the session JWT a success signs), for each backend: SQLite always,
+//! PostgreSQL when
 //! `MAGICAUTH_TEST_POSTGRES_URL` is set. One operation at a time (the
 //! latency a single request sees), after a warm-up. Prints figures only.
 //!
@@ -7,9 +8,14 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use magicauth::wire::SessionClaims;
 use magicauth_server::domain::{AppKey, MagicToken, SecretHash};
+use magicauth_server::session::SessionSigner;
 use magicauth_server::store::{
-    self, AppRecord, DatabaseOptions, DynStore, IdempotencyQuery, NewApp, Plan, StoredResponse,
+    self, AppRecord, ConsumeClaim, ConsumeOutcome, DatabaseOptions, DynStore, IdempotencyQuery, NewApp, NewLink,
+    NewMail, Plan, StoredResponse,
 };
 
 fn main() {
@@ -123,6 +129,89 @@ async fn bench_backend(name: &str, store: &DynStore, calls: usize) {
                     .await
                     .expect("record")
             );
+        }
+    })
+    .await;
+    // Successes: a link per call, made beforehand, to a new address each (a
+    // new user, as in the SDK benchmarks).
+    let links: Vec<SecretHash> = (0..calls + calls / 10).map(|_| MagicToken::generate().hash()).collect();
+    for (i, token_hash) in links.iter().enumerate() {
+        let email = format!("bench-{run}-{i}@example.com");
+        let link = NewLink {
+            token_hash: *token_hash,
+            app_id: app_id.clone(),
+            email: email.clone(),
+            redirect_url: "https://app.example.com/cb".into(),
+            created_at: 1,
+            expires_at: i64::MAX,
+        };
+        let mail = NewMail {
+            app_id: app_id.clone(),
+            recipient: email,
+            message_id: format!("<{run}-{i}@bench>"),
+            subject: "Sign in".into(),
+            text_body: "link".into(),
+            html_body: "<a>link</a>".into(),
+            created_at: 1,
+        };
+        store.create_link(&link, &mail, "2026-11", None).await.expect("link");
+    }
+    // A response the size of a real one (a session JWT and the user), built
+    // without signing: the signature is timed on its own below.
+    let respond: store::Respond = Arc::new(|user, redirect_url| StoredResponse {
+        status: 200,
+        body: format!(
+            r#"{{"success":true,"token":"{}","user":{{"id":{},"email":"{}"}},"redirect_url":"{redirect_url}"}}"#,
+            "j".repeat(420),
+            user.id,
+            user.email
+        ),
+    });
+    let mut consumed = links.iter();
+    let mut success_keys = (0..).map(|i| format!("bench-{run}-success-{i}"));
+    report(name, "consume_link (success, with a key)", calls, || {
+        let token_hash = consumed.next().expect("link");
+        let key = success_keys.next().expect("key");
+        let (respond, app_id) = (respond.clone(), &app_id);
+        async move {
+            let query = IdempotencyQuery {
+                app_id,
+                key: &key,
+                request_hash: &[7; 32],
+                now: 2,
+                retention_ms: 86_400_000,
+                abandon_after_ms: 60_000,
+            };
+            let refuse: store::Refuse = Arc::new(|_| panic!("a fresh token was refused"));
+            let claim = ConsumeClaim {
+                query: &query,
+                respond,
+                refuse,
+            };
+            let outcome = store
+                .consume_link(token_hash, app_id, 2, Some(&claim))
+                .await
+                .expect("consume");
+            assert!(matches!(outcome, ConsumeOutcome::Consumed { .. }), "{outcome:?}");
+        }
+    })
+    .await;
+    let signer = SessionSigner::load_or_create(store.as_ref(), 1)
+        .await
+        .expect("signing key");
+    let claims = SessionClaims {
+        iss: "https://auth.example.com".into(),
+        sub: "12345".into(),
+        aud: app_id.clone(),
+        email: "someone@example.com".into(),
+        iat: 1_800_000_000,
+        exp: 1_800_003_600,
+        jti: "0123456789abcdef0123456789abcdef".into(),
+    };
+    report(name, "sign a session JWT (no database)", calls, || {
+        let jwt = signer.sign(&claims);
+        async move {
+            assert!(jwt.len() > 100);
         }
     })
     .await;

@@ -293,15 +293,28 @@ impl AuthService {
 
     /// `verify_token` under an Idempotency-Key: claims the key, consumes the
     /// token and stores the response under the key in one transaction, and
-    /// returns that response. `KeyTaken` (nothing done) when the key has a
-    /// record already. A refusal claims nothing.
+    /// returns that response. A final refusal (a malformed, unknown, used or
+    /// expired token) is stored under the key too, as `refuse` renders it.
+    /// `KeyTaken` (nothing done) when the key has a record already.
     pub async fn verify_token_claiming(
         &self,
         app: &App,
         token: &str,
         query: &IdempotencyQuery<'_>,
+        refuse: Arc<dyn Fn(AuthError) -> StoredResponse + Send + Sync>,
     ) -> Result<Claimed<StoredResponse>, AuthError> {
         let now = self.clock.now_ms();
+        if MagicToken::parse(token.trim()).is_none() {
+            self.metrics
+                .record_verification(verification_outcome(&AuthError::InvalidToken));
+            let response = refuse(AuthError::InvalidToken);
+            let recorded = self.store.record_idempotent_response(query, &response).await?;
+            return Ok(if recorded {
+                Claimed::Done(response)
+            } else {
+                Claimed::KeyTaken
+            });
+        }
         let responder = self.responder(app, now);
         let claim = ConsumeClaim {
             query,
@@ -309,13 +322,22 @@ impl AuthService {
                 status: 200,
                 body: serde_json::to_string(&responder.response(user, redirect_url)).unwrap_or_default(),
             }),
+            refuse: {
+                let refuse = Arc::clone(&refuse);
+                Arc::new(move |outcome| refuse(refusal_error(outcome)))
+            },
         };
-        match self.consume(app, token, now, Some(&claim)).await? {
-            Claimed::Done((_, _, Some(response))) => Ok(Claimed::Done(response)),
-            Claimed::Done((_, _, None)) => Err(AuthError::Internal(anyhow::anyhow!(
+        match self.consume(app, token, now, Some(&claim)).await {
+            Ok(Claimed::Done((_, _, Some(response)))) => Ok(Claimed::Done(response)),
+            Ok(Claimed::Done((_, _, None))) => Err(AuthError::Internal(anyhow::anyhow!(
                 "the store consumed a token under a claim without storing the response"
             ))),
-            Claimed::KeyTaken => Ok(Claimed::KeyTaken),
+            Ok(Claimed::KeyTaken) => Ok(Claimed::KeyTaken),
+            // Stored under the key with the claim.
+            Err(refusal @ (AuthError::InvalidToken | AuthError::TokenUsed | AuthError::TokenExpired)) => {
+                Ok(Claimed::Done(refuse(refusal)))
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -341,13 +363,7 @@ impl AuthService {
                 .store
                 .link_refusal(&token.hash(), &app.record.id, self.clock.now_ms())
                 .await?
-                .map(|outcome| match outcome {
-                    ConsumeOutcome::Used => AuthError::TokenUsed,
-                    ConsumeOutcome::Expired => AuthError::TokenExpired,
-                    ConsumeOutcome::Invalid | ConsumeOutcome::Consumed { .. } | ConsumeOutcome::KeyTaken => {
-                        AuthError::InvalidToken
-                    }
-                }),
+                .map(|outcome| refusal_error(&outcome)),
         };
         if let Some(error) = &refusal {
             self.metrics.record_verification(verification_outcome(error));
@@ -424,6 +440,15 @@ impl Responder {
             },
             redirect_url: redirect_url.to_owned(),
         }
+    }
+}
+
+/// The error of a refused consumption.
+fn refusal_error(outcome: &ConsumeOutcome) -> AuthError {
+    match outcome {
+        ConsumeOutcome::Used => AuthError::TokenUsed,
+        ConsumeOutcome::Expired => AuthError::TokenExpired,
+        ConsumeOutcome::Invalid | ConsumeOutcome::Consumed { .. } | ConsumeOutcome::KeyTaken => AuthError::InvalidToken,
     }
 }
 

@@ -23,6 +23,8 @@ pub struct SessionSigner {
     key: Ed25519KeyPair,
     kid: String,
     jwks: JwkSet,
+    /// The JWS header, encoded: the same for every token.
+    header: String,
 }
 
 impl std::fmt::Debug for SessionSigner {
@@ -70,10 +72,14 @@ impl SessionSigner {
                 use_: Some("sig".into()),
             }],
         };
+        let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": record.kid});
+        // Serialising a JSON value cannot fail.
+        let header = B64.encode(serde_json::to_vec(&header).unwrap_or_default());
         Ok(Self {
             key,
             kid: record.kid.clone(),
             jwks,
+            header,
         })
     }
 
@@ -87,11 +93,9 @@ impl SessionSigner {
 
     /// Signs the claims as a compact JWS.
     pub fn sign(&self, claims: &SessionClaims) -> String {
-        let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": self.kid});
-        // Serialising these plain structs cannot fail.
-        let header = B64.encode(serde_json::to_vec(&header).unwrap_or_default());
+        // Serialising this plain struct cannot fail.
         let payload = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
-        let signing_input = format!("{header}.{payload}");
+        let signing_input = format!("{}.{payload}", self.header);
         let signature = self.key.sign(signing_input.as_bytes());
         format!("{signing_input}.{}", B64.encode(signature.as_ref()))
     }

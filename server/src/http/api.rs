@@ -1,5 +1,7 @@
 //! `POST /api/send-link`, `POST /api/verify-token` and `GET /api/app`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -19,6 +21,7 @@ use super::error::{ApiError, rate_headers};
 use super::idempotency::{self, IdempotencyKey};
 use super::{AppState, MAX_BODY_BYTES};
 use crate::auth::{AuthError, Claimed, RateInfo};
+use crate::store::StoredResponse;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -144,26 +147,33 @@ pub async fn verify_token(
     };
     let key = IdempotencyKey::from_headers(&headers)?;
     let app = state.auth.authenticate(&request.app_key).await?;
-    // Most failed verifications are decided by one read; their answer is then
-    // stored with one write instead of a claim and a completion.
-    if let Some(refusal) = state.auth.verify_refusal(&app, &request.token).await? {
-        let reply = Reply::error(refusal.into());
-        return idempotency::run_decided(&state, &app.record.id, key, "verify-token", &request, reply).await;
-    }
-    let verify = || async {
-        match state.auth.verify_token(&app, &request.token).await {
+    let Some(idem) = key.as_ref() else {
+        // Most failed verifications are decided by one read.
+        if let Some(refusal) = state.auth.verify_refusal(&app, &request.token).await? {
+            return Ok(Reply::error(refusal.into()).into_response());
+        }
+        return Ok(match state.auth.verify_token(&app, &request.token).await {
             Ok(response) => Reply::ok(&response),
             Err(error) => Reply::error(error.into()),
         }
+        .into_response());
     };
-    let Some(idem) = key.as_ref() else {
-        return Ok(verify().await.into_response());
-    };
-    // The token looks consumable: the key, the consumption and the response
-    // are stored in one transaction, so all are stored or none.
+    // The key, the consumption and the response (a success or a final
+    // refusal) are stored together, so all are stored or none.
     let request_hash = idempotency::request_hash("verify-token", &request);
     let claim = idempotency::query(&state, &app.record.id, idem.as_str(), &request_hash);
-    match state.auth.verify_token_claiming(&app, &request.token, &claim).await {
+    let refuse = Arc::new(|error: AuthError| {
+        let reply = Reply::error(error.into());
+        StoredResponse {
+            status: reply.status.as_u16(),
+            body: reply.body,
+        }
+    });
+    match state
+        .auth
+        .verify_token_claiming(&app, &request.token, &claim, refuse)
+        .await
+    {
         Ok(Claimed::Done(stored)) => Ok(Reply {
             status: StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK),
             body: stored.body,
@@ -172,12 +182,13 @@ pub async fn verify_token(
         .into_response()),
         // A replay, another body, a first request in flight, or a stale record.
         Ok(Claimed::KeyTaken) => {
-            idempotency::run(&state, &app.record.id, key, "verify-token", &request, verify()).await
-        }
-        // Used or expired since the check above: a final refusal, claimed nothing.
-        Err(refusal @ (AuthError::InvalidToken | AuthError::TokenUsed | AuthError::TokenExpired)) => {
-            let reply = Reply::error(refusal.into());
-            idempotency::run_decided(&state, &app.record.id, key, "verify-token", &request, reply).await
+            let verify = async {
+                match state.auth.verify_token(&app, &request.token).await {
+                    Ok(response) => Reply::ok(&response),
+                    Err(error) => Reply::error(error.into()),
+                }
+            };
+            idempotency::run(&state, &app.record.id, key, "verify-token", &request, verify).await
         }
         // Nothing was claimed; a server error is not stored.
         Err(error) => Ok(Reply::error(error.into()).into_response()),

@@ -41,39 +41,6 @@ impl IdempotencyKey {
     }
 }
 
-/// Answers a request whose reply was decided without changing anything (a
-/// final refusal): stores it under a free key with one write, or else, when
-/// the key has a record already, does what `run` does (replays the first
-/// response, refuses another body, or waits for a first request in flight).
-pub async fn run_decided<R: Serialize>(
-    state: &AppState,
-    app_id: &str,
-    key: Option<IdempotencyKey>,
-    endpoint: &str,
-    request: &R,
-    reply: Reply,
-) -> Result<Response, ApiError> {
-    let Some(IdempotencyKey(free_key)) = &key else {
-        return Ok(reply.into_response());
-    };
-    let response = StoredResponse {
-        status: reply.status.as_u16(),
-        body: reply.body.clone(),
-    };
-    let recorded = state
-        .store
-        .record_idempotent_response(
-            &query(state, app_id, free_key, &request_hash(endpoint, request)),
-            &response,
-        )
-        .await
-        .map_err(crate::auth::AuthError::from)?;
-    if recorded {
-        return Ok(reply.into_response());
-    }
-    run(state, app_id, key, endpoint, request, async { reply }).await
-}
-
 /// What identifies a request under its key: the endpoint and the body.
 pub fn request_hash<R: Serialize>(endpoint: &str, request: &R) -> [u8; 32] {
     let mut hasher = Sha256::new();

@@ -222,13 +222,18 @@ pub enum ConsumeOutcome {
 /// redirect URL.
 pub type Respond = std::sync::Arc<dyn Fn(&UserRecord, &str) -> StoredResponse + Send + Sync>;
 
+/// Builds the response of a final refusal (`Invalid`, `Used` or `Expired`).
+pub type Refuse = std::sync::Arc<dyn Fn(&ConsumeOutcome) -> StoredResponse + Send + Sync>;
+
 /// An Idempotency-Key to claim with a token's consumption, and how to build
 /// the response stored under it: the claim, the consumption and the finished
 /// response are written in one transaction, so a retry after a crash replays
-/// the success instead of finding the token used.
+/// the success instead of finding the token used. A refusal is final (a token
+/// never becomes consumable again), so it is stored under the key too.
 pub struct ConsumeClaim<'a> {
     pub query: &'a IdempotencyQuery<'a>,
     pub respond: Respond,
+    pub refuse: Refuse,
 }
 
 /// A stored idempotent response.
@@ -352,12 +357,18 @@ pub trait Store: Send + Sync + 'static {
         monthly_limit: Option<u32>,
     ) -> StoreResult<CreateLinkOutcome>;
 
-    /// Marks the token used (once, atomically) and records the login. With
-    /// `claim`, the Idempotency-Key is claimed in the same transaction (as
-    /// `claim_idempotency_key` does for a new key): both happen or neither;
-    /// `KeyTaken` when the key has a record already. A refusal claims nothing.
-    /// It takes the write lock even for a token it refuses: callers ask
-    /// `link_refusal` first, which decides most refusals by reading.
+    /// Marks the token used (once, atomically) and records the login.
+    ///
+    /// With `claim`, the Idempotency-Key is claimed (as
+    /// `claim_idempotency_key` does for a new key) and given the outcome's
+    /// response, the success's or the refusal's, in the same transaction;
+    /// `KeyTaken`, with nothing done, when the key has a record already.
+    /// Each backend orders this its own way: SQLite in one write transaction,
+    /// PostgreSQL by reading first, so that a refusal costs it two round trips.
+    ///
+    /// Without a claim, SQLite takes the write lock even for a token it
+    /// refuses: callers ask `link_refusal` first, which decides most refusals
+    /// by reading.
     async fn consume_link(
         &self,
         token_hash: &SecretHash,

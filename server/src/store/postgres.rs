@@ -401,6 +401,17 @@ impl Store for PostgresStore {
         claim: Option<&ConsumeClaim<'_>>,
     ) -> StoreResult<ConsumeOutcome> {
         let hash = &token_hash.as_bytes()[..];
+        // Most refusals are decided by one read, and stored with one write
+        // (which finds the key taken, or not), instead of a transaction of
+        // four round trips.
+        if let Some(claim) = claim
+            && let Some(refused) = self.link_refusal(token_hash, app_id, now).await?
+        {
+            let recorded = self
+                .record_idempotent_response(claim.query, &(claim.refuse)(&refused))
+                .await?;
+            return Ok(if recorded { refused } else { ConsumeOutcome::KeyTaken });
+        }
         let mut tx = self.pool.begin().await?;
         if let Some(ConsumeClaim { query: q, .. }) = claim {
             // A concurrent claim of the same key waits for our commit, then
@@ -428,13 +439,21 @@ impl Store for PostgresStore {
                 .bind(hash)
                 .fetch_optional(&mut *tx)
                 .await?;
-            tx.rollback().await?;
-            return Ok(match row {
+            let refused = match row {
                 None => ConsumeOutcome::Invalid,
                 Some(row) if row.try_get::<String, _>("app_id")? != app_id => ConsumeOutcome::Invalid,
                 Some(row) if row.try_get::<Option<i64>, _>("used_at")?.is_some() => ConsumeOutcome::Used,
                 Some(_) => ConsumeOutcome::Expired,
-            });
+            };
+            // Used or expired since the read above: the claim keeps the refusal.
+            match claim {
+                Some(ConsumeClaim { query: q, refuse, .. }) => {
+                    store_response(&mut *tx, q.app_id, q.key, &refuse(&refused)).await?;
+                    tx.commit().await?;
+                }
+                None => tx.rollback().await?,
+            }
+            return Ok(refused);
         };
         let email: String = consumed.try_get("email")?;
         let redirect_url: String = consumed.try_get("redirect_url")?;
@@ -457,7 +476,7 @@ impl Store for PostgresStore {
             last_login_at: user.try_get("last_login_at")?,
         };
         let response = match claim {
-            Some(ConsumeClaim { query: q, respond }) => {
+            Some(ConsumeClaim { query: q, respond, .. }) => {
                 let response = respond(&user, &redirect_url);
                 store_response(&mut *tx, q.app_id, q.key, &response).await?;
                 Some(response)

@@ -75,7 +75,7 @@ impl Pool {
         // NORMAL in WAL mode: a commit survives a crash of the process
         // (kill -9) without an fsync per transaction. Operators who need
         // power-loss durability run PostgreSQL.
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA mmap_size = 268435456;")?;
         // Checkpoints (which fsync) run in the background, not in whichever
         // request's commit crosses the WAL size threshold.
         conn.execute_batch(&format!(
@@ -242,6 +242,33 @@ fn app_from_row(row: &Row<'_>) -> StoreResult<AppRecord> {
         disabled: row.get::<_, i64>("disabled")? != 0,
         created_at: row.get("created_at")?,
     })
+}
+
+/// Stores a finished response under a key nobody holds, in one statement;
+/// false, with nothing written, when the key has a record.
+fn insert_response(
+    conn: &Connection,
+    app_id: &str,
+    key: &str,
+    request_hash: &[u8],
+    now: Millis,
+    response: &StoredResponse,
+) -> rusqlite::Result<bool> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at, status, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (app_id, key) DO NOTHING",
+        )?
+        .execute(params![
+            app_id,
+            key,
+            request_hash,
+            now,
+            i64::from(response.status),
+            response.body
+        ])?;
+    Ok(inserted == 1)
 }
 
 /// Deletes the idempotency records created at or before `?1` without an
@@ -646,16 +673,16 @@ impl Store for SqliteStore {
     ) -> StoreResult<ConsumeOutcome> {
         let hash = token_hash.as_bytes().to_vec();
         let app_id = app_id.to_owned();
-        let claim = claim.map(|c| (c.query.key.to_owned(), c.query.request_hash.to_vec(), c.respond.clone()));
-        // Callers read `link_refusal` first: the common failures (unknown,
-        // used, expired) are decided without the write lock.
+        let claim = claim.map(|c| {
+            (
+                c.query.key.to_owned(),
+                c.query.request_hash.to_vec(),
+                c.respond.clone(),
+                c.refuse.clone(),
+            )
+        });
         self.run_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if let Some((key, request_hash, _)) = &claim
-                && !claim_free_key(&tx, &app_id, key, request_hash, now)?
-            {
-                return Ok(ConsumeOutcome::KeyTaken);
-            }
             // The one statement that decides who wins: no read-then-write.
             let consumed: Option<(String, String)> = tx
                 .prepare_cached(
@@ -665,41 +692,62 @@ impl Store for SqliteStore {
                 )?
                 .query_row(params![now, hash, app_id], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
-            // A refusal rolls the claim back with the transaction.
-            let Some((email, redirect_url)) = consumed else {
-                let outcome = refusal(&tx, &hash, &app_id, now)?.unwrap_or(ConsumeOutcome::Expired);
+            let outcome = match consumed {
+                None => refusal(&tx, &hash, &app_id, now)?.unwrap_or(ConsumeOutcome::Expired),
+                Some((email, redirect_url)) => {
+                    let user = tx
+                        .prepare_cached(
+                            "INSERT INTO users (app_id, email, email_verified_at, last_login_at, created_at)
+                             VALUES (?1, ?2, ?3, ?3, ?3)
+                             ON CONFLICT (app_id, email) DO UPDATE SET last_login_at = excluded.last_login_at
+                             RETURNING id, email, name, email_verified_at, last_login_at",
+                        )?
+                        .query_row(params![app_id, email, now], |row| {
+                            Ok(UserRecord {
+                                id: row.get(0)?,
+                                email: row.get(1)?,
+                                name: row.get(2)?,
+                                email_verified_at: row.get(3)?,
+                                last_login_at: row.get(4)?,
+                            })
+                        })?;
+                    ConsumeOutcome::Consumed {
+                        user,
+                        redirect_url,
+                        response: None,
+                    }
+                }
+            };
+            let Some((key, request_hash, respond, refuse)) = &claim else {
+                // A refusal wrote nothing: dropping the transaction ends it.
+                if matches!(outcome, ConsumeOutcome::Consumed { .. }) {
+                    tx.commit()?;
+                }
                 return Ok(outcome);
             };
-            let user = tx
-                .prepare_cached(
-                    "INSERT INTO users (app_id, email, email_verified_at, last_login_at, created_at)
-                     VALUES (?1, ?2, ?3, ?3, ?3)
-                     ON CONFLICT (app_id, email) DO UPDATE SET last_login_at = excluded.last_login_at
-                     RETURNING id, email, name, email_verified_at, last_login_at",
-                )?
-                .query_row(params![app_id, email, now], |row| {
-                    Ok(UserRecord {
-                        id: row.get(0)?,
-                        email: row.get(1)?,
-                        name: row.get(2)?,
-                        email_verified_at: row.get(3)?,
-                        last_login_at: row.get(4)?,
-                    })
-                })?;
-            let response = match &claim {
-                Some((key, _, respond)) => {
+            let (outcome, response) = match outcome {
+                ConsumeOutcome::Consumed { user, redirect_url, .. } => {
                     let response = respond(&user, &redirect_url);
-                    store_response(&tx, &app_id, key, &response)?;
-                    Some(response)
+                    let outcome = ConsumeOutcome::Consumed {
+                        user,
+                        redirect_url,
+                        response: Some(response.clone()),
+                    };
+                    (outcome, response)
                 }
-                None => None,
+                refused => {
+                    let response = refuse(&refused);
+                    (refused, response)
+                }
             };
+            // The key is claimed with its response in one statement, under
+            // the write lock held since the start: a key with a record
+            // already undoes the whole transaction.
+            if !insert_response(&tx, &app_id, key, request_hash, now, &response)? {
+                return Ok(ConsumeOutcome::KeyTaken);
+            }
             tx.commit()?;
-            Ok(ConsumeOutcome::Consumed {
-                user,
-                redirect_url,
-                response,
-            })
+            Ok(outcome)
         })
         .await
     }
@@ -721,24 +769,8 @@ impl Store for SqliteStore {
     ) -> StoreResult<bool> {
         let (app_id, key, request_hash) = (q.app_id.to_owned(), q.key.to_owned(), q.request_hash.to_vec());
         let (now, response) = (q.now, response.clone());
-        self.run_write(move |conn| {
-            let inserted = conn
-                .prepare_cached(
-                    "INSERT INTO idempotency_keys (app_id, key, request_hash, created_at, status, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (app_id, key) DO NOTHING",
-                )?
-                .execute(params![
-                    app_id,
-                    key,
-                    request_hash,
-                    now,
-                    i64::from(response.status),
-                    response.body
-                ])?;
-            Ok(inserted == 1)
-        })
-        .await
+        self.run_write(move |conn| Ok(insert_response(conn, &app_id, &key, &request_hash, now, &response)?))
+            .await
     }
 
     async fn claim_idempotency_key(&self, q: &IdempotencyQuery<'_>) -> StoreResult<IdempotencyClaim> {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use magicauth_server::clock::Clock;
 use magicauth_server::domain::MagicToken;
 use magicauth_server::store::{
-    ConsumeClaim, ConsumeOutcome, IdempotencyClaim, IdempotencyQuery, Respond, Retention, StoredResponse,
+    ConsumeClaim, ConsumeOutcome, IdempotencyClaim, IdempotencyQuery, Refuse, Respond, Retention, StoredResponse,
 };
 
 use crate::support::{Backend, TestApp, assert_error, backend_tests, json_of, token_of};
@@ -728,7 +728,15 @@ async fn a_token_consumed_under_a_key_stores_the_response_in_the_same_call(backe
         status: 200,
         body: format!("{} {redirect_url}", user.email),
     });
-    let claim = ConsumeClaim { query: &query, respond };
+    let refuse: Refuse = Arc::new(|outcome| StoredResponse {
+        status: 400,
+        body: format!("{outcome:?}"),
+    });
+    let claim = ConsumeClaim {
+        query: &query,
+        respond,
+        refuse: refuse.clone(),
+    };
     let outcome = app
         .store
         .consume_link(&token_hash, &app_id, now, Some(&claim))
@@ -746,17 +754,40 @@ async fn a_token_consumed_under_a_key_stores_the_response_in_the_same_call(backe
         app.store.claim_idempotency_key(&query).await.expect("claim"),
         IdempotencyClaim::Replay(response)
     );
-    // The same key again: nothing more is consumed or stored (the token's
-    // state or the key's record may be found first).
+    // The same key again: nothing more is consumed or stored.
     let again = app
         .store
         .consume_link(&token_hash, &app_id, now, Some(&claim))
         .await
         .expect("consume again");
-    assert!(
-        matches!(again, ConsumeOutcome::Used | ConsumeOutcome::KeyTaken),
-        "{again:?}"
-    );
+    assert_eq!(again, ConsumeOutcome::KeyTaken);
+
+    // A refusal is final: it is stored under its key in the same call.
+    for (key, hash, refused) in [
+        ("k2", token_hash, ConsumeOutcome::Used),
+        ("k3", MagicToken::generate().hash(), ConsumeOutcome::Invalid),
+    ] {
+        let query = IdempotencyQuery { key, ..query };
+        let respond: Respond = Arc::new(|_, _| panic!("a refused token was consumed"));
+        let claim = ConsumeClaim {
+            query: &query,
+            respond,
+            refuse: refuse.clone(),
+        };
+        let outcome = app
+            .store
+            .consume_link(&hash, &app_id, now, Some(&claim))
+            .await
+            .expect("refuse");
+        assert_eq!(outcome, refused);
+        assert_eq!(
+            app.store.claim_idempotency_key(&query).await.expect("claim"),
+            IdempotencyClaim::Replay(StoredResponse {
+                status: 400,
+                body: format!("{refused:?}"),
+            })
+        );
+    }
 }
 
 backend_tests!(connections_the_database_dropped_are_replaced_before_use);
