@@ -75,7 +75,7 @@ impl Pool {
         // NORMAL in WAL mode: a commit survives a crash of the process
         // (kill -9) without an fsync per transaction. Operators who need
         // power-loss durability run PostgreSQL.
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA mmap_size = 268435456;")?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         // Checkpoints (which fsync) run in the background, not in whichever
         // request's commit crosses the WAL size threshold.
         conn.execute_batch(&format!(
