@@ -43,7 +43,7 @@ For honest numbers use release builds of both sides, from the repository root::
 
     pip install ./bindings-python requests httpx   # maturin builds release by default
     cargo build --release -p magicauth-testbed      # used automatically when present
-    python bench/python_sdk.py                      # --rounds 3 --error-calls 2000 --success-calls 300
+    python bench/python_sdk.py                      # --rounds 5 --error-calls 2000 --success-calls 300
 
 A development install (``MATURIN_PEP517_ARGS="--profile dev" pip install ...``)
 or the debug test bed (``target/debug/magicauth-testbed``) measure unoptimised
@@ -234,7 +234,7 @@ def elf_section_names(path: Path) -> Optional[List[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is shown (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is shown (default 5)")
     parser.add_argument("--error-calls", type=int, default=2000, help="error-path calls per client per round (2000)")
     parser.add_argument("--success-calls", type=int, default=300, help="success-path calls per client per round (300)")
     parser.add_argument("--warmup-calls", type=int, default=200, help="untimed error-path calls per client (200)")
