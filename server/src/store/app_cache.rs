@@ -103,21 +103,9 @@ impl AppCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Plan;
 
     fn record(id: &str) -> AppRecord {
-        AppRecord {
-            id: id.into(),
-            name: "App".into(),
-            plan: Plan::Free,
-            burst: 5,
-            monthly_limit: None,
-            token_ttl_s: 900,
-            session_ttl_s: 3600,
-            redirect_urls: vec!["https://app.example.com/cb".into()],
-            disabled: false,
-            created_at: 0,
-        }
+        crate::store::test_app_record(id)
     }
 
     fn hash(byte: u8) -> SecretHash {

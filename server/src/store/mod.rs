@@ -529,6 +529,23 @@ pub fn redact_url(url: &str) -> String {
     parsed.to_string()
 }
 
+/// An app as the store's tests make it.
+#[cfg(test)]
+pub(crate) fn test_app_record(id: &str) -> AppRecord {
+    AppRecord {
+        id: id.into(),
+        name: id.into(),
+        plan: Plan::Free,
+        burst: 100,
+        monthly_limit: None,
+        token_ttl_s: 900,
+        session_ttl_s: 3600,
+        redirect_urls: vec!["https://app.example.com/cb".into()],
+        disabled: false,
+        created_at: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

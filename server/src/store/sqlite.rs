@@ -1228,20 +1228,25 @@ mod tests {
 
     fn app(id: &str) -> NewApp {
         NewApp {
-            record: AppRecord {
-                id: id.into(),
-                name: id.into(),
-                plan: Plan::Free,
-                burst: 100,
-                monthly_limit: None,
-                token_ttl_s: 900,
-                session_ttl_s: 3600,
-                redirect_urls: vec!["https://app.example.com/cb".into()],
-                disabled: false,
-                created_at: 0,
-            },
+            record: test_app_record(id),
             key_hash: AppKey::generate().hash(),
         }
+    }
+
+    /// An idempotency query for `key` at `now`, kept for a second.
+    fn query(app_id: &'static str, key: &'static str, now: Millis) -> IdempotencyQuery<'static> {
+        IdempotencyQuery {
+            app_id,
+            key,
+            request_hash: &[1; 32],
+            now,
+            retention_ms: 1_000,
+            abandon_after_ms: 100,
+        }
+    }
+
+    fn refused(body: String) -> StoredResponse {
+        StoredResponse { status: 400, body }
     }
 
     /// A store on a new database file at `path`, with the schema applied.
@@ -1282,19 +1287,10 @@ mod tests {
         let batched = tokio::spawn({
             let store = Arc::clone(&store);
             async move {
-                let query = IdempotencyQuery {
-                    app_id: "app_first",
-                    key: "k",
-                    request_hash: &[1; 32],
-                    now: 1,
-                    retention_ms: 1_000,
-                    abandon_after_ms: 100,
-                };
-                let response = StoredResponse {
-                    status: 400,
-                    body: "{}".into(),
-                };
-                store.record_idempotent_response(&query, &response).await
+                let response = refused("{}".into());
+                store
+                    .record_idempotent_response(&query("app_first", "k", 1), &response)
+                    .await
             }
         });
         let write = tokio::spawn({
@@ -1412,21 +1408,10 @@ mod tests {
         let store = migrated_store(&dir.path().join("purge.db")).await;
         // created_at in insertion order; c and e come after a clock step back.
         for (key, at) in [("a", 100), ("b", 200), ("c", 150), ("d", 300), ("e", 120)] {
-            let query = IdempotencyQuery {
-                app_id: "app_a",
-                key,
-                request_hash: &[1; 32],
-                now: at,
-                retention_ms: 1_000,
-                abandon_after_ms: 100,
-            };
-            let response = StoredResponse {
-                status: 400,
-                body: "{}".into(),
-            };
+            let response = refused("{}".into());
             assert!(
                 store
-                    .record_idempotent_response(&query, &response)
+                    .record_idempotent_response(&query("app_a", key, at), &response)
                     .await
                     .expect("record")
             );
@@ -1517,19 +1502,9 @@ mod tests {
             .map(|i| {
                 let store = Arc::clone(&store);
                 tokio::spawn(async move {
-                    let query = IdempotencyQuery {
-                        app_id: "app_a",
-                        // Two writes share each key: one records, one finds it taken.
-                        key: ["k0", "k1", "k2", "k3"][i % 4],
-                        request_hash: &[1; 32],
-                        now: 1,
-                        retention_ms: 1_000,
-                        abandon_after_ms: 100,
-                    };
-                    let response = StoredResponse {
-                        status: 400,
-                        body: format!("{i}"),
-                    };
+                    // Writes share each key: one records, the others find it taken.
+                    let query = query("app_a", ["k0", "k1", "k2", "k3"][i % 4], 1);
+                    let response = refused(format!("{i}"));
                     store
                         .record_idempotent_response(&query, &response)
                         .await
