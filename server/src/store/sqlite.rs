@@ -236,21 +236,7 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> StoreResult<(T, Keep)> + Send + 'static,
     {
         let (sender, mut result) = tokio::sync::oneshot::channel::<StoreResult<T>>();
-        let job: Job = Box::new(move |conn| match operation(conn) {
-            Ok((value, keep)) => Ran {
-                keep: matches!(keep, Keep::Commit),
-                deliver: Box::new(move |committed| {
-                    // The caller may have gone away (a dropped request).
-                    let _ = sender.send(committed.map(|()| value));
-                }),
-            },
-            Err(error) => Ran {
-                keep: false,
-                deliver: Box::new(move |_| {
-                    let _ = sender.send(Err(error));
-                }),
-            },
-        });
+        let job: Job = Box::new(Pending { operation, sender });
         let id = self.pool.queued.fetch_add(1, Ordering::Relaxed);
         self.pool
             .queue
@@ -296,13 +282,6 @@ impl SqliteStore {
     async fn commit_batch(&self, gate: OwnedSemaphorePermit, jobs: Vec<Job>) {
         let size = u64::try_from(jobs.len()).unwrap_or(u64::MAX);
         self.pool.largest_batch.fetch_max(size, Ordering::Relaxed);
-        let fail = |jobs: Vec<Job>, error: &StoreError| {
-            // Each job delivers the error without running.
-            for job in jobs {
-                drop(job);
-            }
-            tracing::warn!(%error, "a batch of writes could not start");
-        };
         if let Ok(permit) = self.pool.permits.clone().try_acquire_owned()
             && let Some(conn) = self.pool.idle()
         {
@@ -322,38 +301,16 @@ impl SqliteStore {
                 }
                 Err(error) => {
                     self.pool.give_back(conn);
-                    return fail(jobs, &StoreError::Sqlite(error));
+                    return fail_jobs(jobs, || copy_error(&error));
                 }
             }
         }
-        let permit = tokio::time::timeout(self.pool.acquire_timeout, self.pool.permits.clone().acquire_owned()).await;
-        let Ok(Ok(permit)) = permit else {
-            return fail(jobs, &StoreError::PoolTimedOut);
-        };
-        let pool = Arc::clone(&self.pool);
-        let done = tokio::task::spawn_blocking(move || {
-            let _held = (permit, gate);
-            let conn = match pool.take() {
-                Ok(conn) => conn,
-                Err(error) => return Err((jobs, error)),
-            };
-            let begun = conn
-                .busy_timeout(BUSY_TIMEOUT)
-                .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE"));
-            if let Err(error) = begun {
-                pool.give_back(conn);
-                return Err((jobs, error));
-            }
-            run_jobs(&conn, jobs);
-            pool.give_back(conn);
-            Ok(())
-        })
-        .await;
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err((jobs, error))) => fail(jobs, &StoreError::Sqlite(error)),
-            // A job panicked: the others' senders are gone with the task.
-            Err(error) => tracing::error!(%error, "a batch of writes failed"),
+        // In a task of its own, so that a leader whose request goes away
+        // does not take the other writes of its batch with it.
+        let waiting = tokio::spawn(commit_batch_waiting(Arc::clone(&self.pool), gate, jobs));
+        if let Err(error) = waiting.await {
+            // A write panicked: the others' senders went with the task.
+            tracing::error!(%error, "a batch of writes failed");
         }
     }
 
@@ -543,8 +500,94 @@ enum Keep {
     Discard,
 }
 
-/// A batched write, run on the connection of its batch's transaction.
-type Job = Box<dyn FnOnce(&Connection) -> Ran + Send>;
+/// A batched write, waiting for its batch.
+type Job = Box<dyn BatchedWrite>;
+
+trait BatchedWrite: Send {
+    /// Runs the write on the connection of its batch's transaction.
+    fn run(self: Box<Self>, conn: &Connection) -> Ran;
+    /// Hands `error` over instead: the batch could not run it.
+    fn fail(self: Box<Self>, error: StoreError);
+}
+
+/// A write of `write_batched` and where its result goes.
+struct Pending<T, F> {
+    operation: F,
+    sender: tokio::sync::oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> BatchedWrite for Pending<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> StoreResult<(T, Keep)> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> Ran {
+        let Pending { operation, sender } = *self;
+        match operation(conn) {
+            Ok((value, keep)) => Ran {
+                keep: matches!(keep, Keep::Commit),
+                deliver: Box::new(move |committed| {
+                    // The caller may have gone away (a dropped request).
+                    let _ = sender.send(committed.map(|()| value));
+                }),
+            },
+            Err(error) => Ran {
+                keep: false,
+                deliver: Box::new(move |_| {
+                    let _ = sender.send(Err(error));
+                }),
+            },
+        }
+    }
+
+    fn fail(self: Box<Self>, error: StoreError) {
+        let _ = self.sender.send(Err(error));
+    }
+}
+
+/// Hands each of `jobs` the error that kept their batch from running.
+fn fail_jobs(jobs: Vec<Job>, error: impl Fn() -> StoreError) {
+    let first = error();
+    tracing::warn!(error = %first, "a batch of writes could not run");
+    let mut errors = std::iter::once(first).chain(std::iter::repeat_with(error));
+    for job in jobs {
+        job.fail(errors.next().unwrap_or(StoreError::PoolTimedOut));
+    }
+}
+
+/// `SqliteStore::commit_batch` when SQLite's lock is taken by another
+/// process or every connection is in use: waits for a connection, then for
+/// the lock on the blocking pool, up to the busy timeout.
+async fn commit_batch_waiting(pool: Arc<Pool>, gate: OwnedSemaphorePermit, jobs: Vec<Job>) {
+    let permit = tokio::time::timeout(pool.acquire_timeout, pool.permits.clone().acquire_owned()).await;
+    let Ok(Ok(permit)) = permit else {
+        return fail_jobs(jobs, || StoreError::PoolTimedOut);
+    };
+    let blocking = Arc::clone(&pool);
+    let done = tokio::task::spawn_blocking(move || {
+        let _held = (permit, gate);
+        let conn = match blocking.take() {
+            Ok(conn) => conn,
+            Err(error) => return Err((jobs, error)),
+        };
+        let begun = conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE"));
+        if let Err(error) = begun {
+            blocking.give_back(conn);
+            return Err((jobs, error));
+        }
+        run_jobs(&conn, jobs);
+        blocking.give_back(conn);
+        Ok(())
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err((jobs, error))) => fail_jobs(jobs, || copy_error(&error)),
+        Err(error) => tracing::error!(%error, "a batch of writes failed"),
+    }
+}
 
 /// A batched write that ran: whether to keep its changes, and how to hand
 /// its result over once the transaction's fate is known.
@@ -561,15 +604,16 @@ fn run_jobs(conn: &Connection, jobs: Vec<Job>) {
     let mut ran = Vec::with_capacity(jobs.len());
     let mut broken = None;
     for job in jobs {
-        if broken.is_some() {
-            // Dropping a job hands its caller an error.
+        if let Some(error) = &broken {
+            job.fail(copy_error(error));
             continue;
         }
         if !alone && let Err(error) = conn.execute_batch("SAVEPOINT batched_write") {
+            job.fail(copy_error(&error));
             broken = Some(error);
             continue;
         }
-        let outcome = job(conn);
+        let outcome = job.run(conn);
         if !alone {
             let ended = if outcome.keep {
                 conn.execute_batch("RELEASE batched_write")
@@ -1446,38 +1490,35 @@ mod tests {
     async fn a_batch_keeps_each_writes_own_outcome() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = migrated_store(&dir.path().join("batch.db")).await;
-        let delivered = Arc::new(Mutex::new(Vec::new()));
         // keep: Some(true) commit, Some(false) discard, None fail.
-        let job = |bucket: &'static str, keep: Option<bool>| -> Job {
-            let delivered = Arc::clone(&delivered);
-            Box::new(move |conn: &Connection| {
-                conn.execute("INSERT INTO rate_hits (bucket, at) VALUES (?1, 1)", [bucket])
-                    .expect("insert");
-                Ran {
-                    keep: keep.unwrap_or(false),
-                    deliver: Box::new(move |committed| {
-                        let ok = committed.is_ok() && keep.is_some();
-                        delivered.lock().expect("lock").push((bucket, ok));
-                    }),
+        let job = |bucket: &'static str, keep: Option<bool>| {
+            let (sender, result) = tokio::sync::oneshot::channel();
+            let operation = move |conn: &Connection| {
+                conn.execute("INSERT INTO rate_hits (bucket, at) VALUES (?1, 1)", [bucket])?;
+                match keep {
+                    Some(true) => Ok((bucket, Keep::Commit)),
+                    Some(false) => Ok((bucket, Keep::Discard)),
+                    None => Err(StoreError::Corrupt(format!("{bucket} failed"))),
                 }
-            })
+            };
+            (Box::new(Pending { operation, sender }) as Job, result)
         };
+        let (jobs, results): (Vec<_>, Vec<_>) = [("a", Some(true)), ("b", Some(false)), ("c", None), ("d", Some(true))]
+            .into_iter()
+            .map(|(bucket, keep)| job(bucket, keep))
+            .unzip();
         let conn = store.pool.take().expect("connection");
         conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        run_jobs(
-            &conn,
-            vec![
-                job("a", Some(true)),
-                job("b", Some(false)),
-                job("c", None),
-                job("d", Some(true)),
-            ],
-        );
+        run_jobs(&conn, jobs);
         assert!(conn.is_autocommit(), "the batch left its transaction open");
         store.pool.give_back(conn);
+        let mut delivered = Vec::new();
+        for result in results {
+            delivered.push(result.await.expect("a result").map_err(|e| e.to_string()));
+        }
         assert_eq!(
-            *delivered.lock().expect("lock"),
-            [("a", true), ("b", true), ("c", false), ("d", true)]
+            delivered,
+            [Ok("a"), Ok("b"), Err("corrupt row: c failed".to_owned()), Ok("d")]
         );
         let kept = store
             .run(|conn| {
@@ -1488,6 +1529,35 @@ mod tests {
             .await
             .expect("buckets");
         assert_eq!(kept, ["a", "d"]);
+    }
+
+    /// A batch that cannot get a connection gives each of its writes the
+    /// pool's timeout, as a write outside a batch gets it.
+    #[tokio::test]
+    async fn a_batch_without_a_connection_times_out_like_any_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = DatabaseOptions::new(format!("sqlite://{}", dir.path().join("busy.db").display()));
+        options.max_connections = 1;
+        options.acquire_timeout = Duration::from_millis(100);
+        let store = SqliteStore::connect(&options).await.expect("store");
+        store.migrate().await.expect("migrate");
+        let held = Arc::clone(&store.pool.permits)
+            .acquire_owned()
+            .await
+            .expect("the one connection");
+        let response = refused("{}".into());
+        let outcome = store
+            .record_idempotent_response(&query("app_a", "k", 1), &response)
+            .await;
+        assert!(matches!(outcome, Err(StoreError::PoolTimedOut)), "{outcome:?}");
+        drop(held);
+        assert!(
+            store
+                .record_idempotent_response(&query("app_a", "k", 1), &response)
+                .await
+                .expect("a connection is free again"),
+            "the timed-out write was stored"
+        );
     }
 
     /// Writes that queue while another holds the gate commit together when
