@@ -728,15 +728,15 @@ async fn a_token_consumed_under_a_key_stores_the_response_in_the_same_call(backe
         status: 200,
         body: format!("{} {redirect_url}", user.email),
     });
-    let refuse: Refuse = Arc::new(|outcome| StoredResponse {
-        status: 400,
-        body: format!("{outcome:?}"),
-    });
-    let claim = ConsumeClaim {
-        query: &query,
-        respond,
-        refuse: refuse.clone(),
-    };
+    // A refusal's stored body names its outcome.
+    fn claim_with<'a>(query: &'a IdempotencyQuery<'a>, respond: Respond) -> ConsumeClaim<'a> {
+        let refuse: Refuse = Arc::new(|outcome| StoredResponse {
+            status: 400,
+            body: format!("{outcome:?}"),
+        });
+        ConsumeClaim { query, respond, refuse }
+    }
+    let claim = claim_with(&query, respond);
     let outcome = app
         .store
         .consume_link(&token_hash, &app_id, now, Some(&claim))
@@ -769,14 +769,9 @@ async fn a_token_consumed_under_a_key_stores_the_response_in_the_same_call(backe
     ] {
         let query = IdempotencyQuery { key, ..query };
         let respond: Respond = Arc::new(|_, _| panic!("a refused token was consumed"));
-        let claim = ConsumeClaim {
-            query: &query,
-            respond,
-            refuse: refuse.clone(),
-        };
         let outcome = app
             .store
-            .consume_link(&hash, &app_id, now, Some(&claim))
+            .consume_link(&hash, &app_id, now, Some(&claim_with(&query, respond)))
             .await
             .expect("refuse");
         assert_eq!(outcome, refused);
