@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::app_cache::AppCache;
@@ -245,6 +246,20 @@ impl SqliteStore {
             .push((id, job));
         let abandoned = || StoreError::Corrupt("a batched write was abandoned".into());
         loop {
+            // The gate is free (light load): lead a batch without waiting.
+            // Waiting on `result` first would register this task to be woken
+            // when its own batch hands the result over, and a task woken while
+            // it runs is scheduled again once it yields: on a multi-thread
+            // runtime, that wakes another worker for nothing, every request.
+            if let Ok(gate) = self.pool.writer.clone().try_acquire_owned() {
+                self.lead_batch(gate).await;
+                match result.try_recv() {
+                    Ok(done) => return done,
+                    Err(TryRecvError::Closed) => return Err(abandoned()),
+                    // A full batch left ours queued: take the gate again.
+                    Err(TryRecvError::Empty) => continue,
+                }
+            }
             let gate = tokio::select! {
                 biased;
                 done = &mut result => return done.map_err(|_| abandoned())?,
@@ -262,17 +277,22 @@ impl SqliteStore {
                 }
                 return result.await.map_err(|_| abandoned())?;
             };
-            let jobs: Vec<Job> = {
-                let mut queue = self.pool.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                let take = queue.len().min(MAX_BATCH);
-                queue.drain(..take).map(|(_, job)| job).collect()
-            };
-            if !jobs.is_empty() {
-                self.commit_batch(gate, jobs).await;
-            }
+            self.lead_batch(gate).await;
             // Ours was in this batch, or in one before, whose leader handed
             // the result over before it let go of the gate; or a full batch
             // left it queued, and the loop takes the gate again.
+        }
+    }
+
+    /// Commits the first `MAX_BATCH` queued writes (if any), holding `gate`.
+    async fn lead_batch(&self, gate: OwnedSemaphorePermit) {
+        let jobs: Vec<Job> = {
+            let mut queue = self.pool.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let take = queue.len().min(MAX_BATCH);
+            queue.drain(..take).map(|(_, job)| job).collect()
+        };
+        if !jobs.is_empty() {
+            self.commit_batch(gate, jobs).await;
         }
     }
 
@@ -1482,6 +1502,38 @@ mod tests {
         assert_eq!(kept_after(160).await, ["b", "c", "d", "e"]);
         assert_eq!(kept_after(250).await, ["d", "e"]);
         assert_eq!(kept_after(300).await, Vec::<String>::new());
+    }
+
+    /// Counts the wake-ups of a task.
+    struct CountingWaker(AtomicU64);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A batched write with the gate free finishes in the poll that starts
+    /// it, and never wakes its own task: a task woken while it runs is
+    /// scheduled again, which on a multi-thread runtime wakes a second
+    /// worker for nothing on every request.
+    #[tokio::test]
+    async fn an_uncontended_batched_write_never_wakes_its_task() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = migrated_store(&dir.path().join("wake.db")).await;
+        let counter = Arc::new(CountingWaker(AtomicU64::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&counter));
+        let mut context = std::task::Context::from_waker(&waker);
+        for i in 0..3 {
+            let query = query("app_a", ["k0", "k1", "k0"][i], 1);
+            let response = refused(format!("{i}"));
+            let mut write = std::pin::pin!(store.record_idempotent_response(&query, &response));
+            match write.as_mut().poll(&mut context) {
+                std::task::Poll::Ready(recorded) => assert_eq!(recorded.expect("record"), i < 2),
+                std::task::Poll::Pending => panic!("write {i} waited with the gate free"),
+            }
+        }
+        assert_eq!(counter.0.load(Ordering::Relaxed), 0, "a write woke its own task");
     }
 
     /// In a batch, each write keeps or rolls back its own changes; the
