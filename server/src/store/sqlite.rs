@@ -307,7 +307,7 @@ impl SqliteStore {
         {
             let begun = conn
                 .busy_timeout(Duration::ZERO)
-                .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE"));
+                .and_then(|()| control(&conn, "BEGIN IMMEDIATE"));
             match begun {
                 Ok(()) => {
                     run_jobs(&conn, jobs);
@@ -592,7 +592,7 @@ async fn commit_batch_waiting(pool: Arc<Pool>, gate: OwnedSemaphorePermit, jobs:
         };
         let begun = conn
             .busy_timeout(BUSY_TIMEOUT)
-            .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE"));
+            .and_then(|()| control(&conn, "BEGIN IMMEDIATE"));
         if let Err(error) = begun {
             blocking.give_back(conn);
             return Err((jobs, error));
@@ -628,7 +628,7 @@ fn run_jobs(conn: &Connection, jobs: Vec<Job>) {
             job.fail(copy_error(error));
             continue;
         }
-        if !alone && let Err(error) = conn.execute_batch("SAVEPOINT batched_write") {
+        if !alone && let Err(error) = control(conn, "SAVEPOINT batched_write") {
             job.fail(copy_error(&error));
             broken = Some(error);
             continue;
@@ -636,9 +636,9 @@ fn run_jobs(conn: &Connection, jobs: Vec<Job>) {
         let outcome = job.run(conn);
         if !alone {
             let ended = if outcome.keep {
-                conn.execute_batch("RELEASE batched_write")
+                control(conn, "RELEASE batched_write")
             } else {
-                conn.execute_batch("ROLLBACK TO batched_write; RELEASE batched_write")
+                control(conn, "ROLLBACK TO batched_write").and_then(|()| control(conn, "RELEASE batched_write"))
             };
             if let Err(error) = ended {
                 broken = Some(error);
@@ -648,9 +648,9 @@ fn run_jobs(conn: &Connection, jobs: Vec<Job>) {
     }
     let keep_any = broken.is_none() && ran.iter().any(|r| r.keep);
     let ended = if keep_any {
-        conn.execute_batch("COMMIT")
+        control(conn, "COMMIT")
     } else {
-        conn.execute_batch("ROLLBACK")
+        control(conn, "ROLLBACK")
     };
     let failure = match (broken, ended) {
         (Some(error), _) | (None, Err(error)) => {
@@ -667,6 +667,14 @@ fn run_jobs(conn: &Connection, jobs: Vec<Job>) {
         let committed = failure.as_ref().map_or(Ok(()), |error| Err(copy_error(error)));
         (outcome.deliver)(committed);
     }
+}
+
+/// Runs a transaction control statement (`BEGIN`, `COMMIT`, savepoints)
+/// from the connection's statement cache: parsed once per connection
+/// instead of at every write.
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 /// The same SQLite error again, for each write of a batch it ended.
