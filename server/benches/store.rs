@@ -15,7 +15,7 @@ use magicauth_server::domain::{AppKey, MagicToken, SecretHash};
 use magicauth_server::session::SessionSigner;
 use magicauth_server::store::{
     self, AppRecord, ConsumeClaim, ConsumeOutcome, DatabaseOptions, DynStore, IdempotencyQuery, NewApp, NewLink,
-    NewMail, Plan, StoredResponse,
+    NewMail, StoredResponse,
 };
 
 fn main() {
@@ -49,18 +49,7 @@ async fn bench_backend(name: &str, store: &DynStore, calls: usize) {
     let key = AppKey::generate();
     store
         .create_app(&NewApp {
-            record: AppRecord {
-                id: app_id.clone(),
-                name: "bench".into(),
-                plan: Plan::Free,
-                burst: 100,
-                monthly_limit: None,
-                token_ttl_s: 900,
-                session_ttl_s: 3600,
-                redirect_urls: vec!["https://app.example.com/cb".into()],
-                disabled: false,
-                created_at: 0,
-            },
+            record: AppRecord::sample(&app_id),
             key_hash: key.hash(),
         })
         .await

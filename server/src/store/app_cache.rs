@@ -105,7 +105,7 @@ mod tests {
     use super::*;
 
     fn record(id: &str) -> AppRecord {
-        crate::store::test_app_record(id)
+        crate::store::AppRecord::sample(id)
     }
 
     fn hash(byte: u8) -> SecretHash {

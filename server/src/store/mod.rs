@@ -104,6 +104,25 @@ pub struct AppRecord {
     pub created_at: Millis,
 }
 
+impl AppRecord {
+    /// A free-plan app with one redirect URL, as tests and benchmarks make it.
+    #[doc(hidden)]
+    pub fn sample(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            name: id.into(),
+            plan: Plan::Free,
+            burst: 100,
+            monthly_limit: None,
+            token_ttl_s: 900,
+            session_ttl_s: 3600,
+            redirect_urls: vec!["https://app.example.com/cb".into()],
+            disabled: false,
+            created_at: 0,
+        }
+    }
+}
+
 /// A new app and the hash of its key.
 #[derive(Clone, Debug)]
 pub struct NewApp {
@@ -527,23 +546,6 @@ pub fn redact_url(url: &str) -> String {
         parsed.query_pairs_mut().clear().extend_pairs(pairs);
     }
     parsed.to_string()
-}
-
-/// An app as the store's tests make it.
-#[cfg(test)]
-pub(crate) fn test_app_record(id: &str) -> AppRecord {
-    AppRecord {
-        id: id.into(),
-        name: id.into(),
-        plan: Plan::Free,
-        burst: 100,
-        monthly_limit: None,
-        token_ttl_s: 900,
-        session_ttl_s: 3600,
-        redirect_urls: vec!["https://app.example.com/cb".into()],
-        disabled: false,
-        created_at: 0,
-    }
 }
 
 #[cfg(test)]

@@ -1300,7 +1300,7 @@ mod tests {
 
     fn app(id: &str) -> NewApp {
         NewApp {
-            record: test_app_record(id),
+            record: AppRecord::sample(id),
             key_hash: AppKey::generate().hash(),
         }
     }

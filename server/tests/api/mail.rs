@@ -325,24 +325,13 @@ backend_tests!(an_outbox_lease_belongs_to_one_worker);
 /// up or release the email.
 async fn an_outbox_lease_belongs_to_one_worker(backend: Backend) {
     use magicauth_server::domain::{AppKey, MagicToken};
-    use magicauth_server::store::{AppRecord, DatabaseOptions, NewApp, NewLink, NewMail, Plan};
+    use magicauth_server::store::{AppRecord, DatabaseOptions, NewApp, NewLink, NewMail};
 
     let db = backend.database().await;
     let store = magicauth_server::app::open_store(&DatabaseOptions::new(db.url.clone()))
         .await
         .expect("store");
-    let record = AppRecord {
-        id: "app_lease".into(),
-        name: "Lease".into(),
-        plan: Plan::Free,
-        burst: 100,
-        monthly_limit: None,
-        token_ttl_s: 900,
-        session_ttl_s: 3600,
-        redirect_urls: vec!["https://app.example.com/cb".into()],
-        disabled: false,
-        created_at: 0,
-    };
+    let record = AppRecord::sample("app_lease");
     store
         .create_app(&NewApp {
             record,
