@@ -12,10 +12,10 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::auth::AuthService;
+use crate::auth::{AuthError, AuthService};
 use crate::metrics::Metrics;
 use crate::store::DynStore;
 
@@ -44,6 +44,34 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Runs a request's handler as a task of its own, not inside the
+/// connection's task.
+///
+/// hyper hands the request body to the handler from the connection's task
+/// while that task is running the handler, so the task wakes itself; tokio
+/// then reschedules it as a yield, which wakes a second worker thread for
+/// nothing, on every request with a body. In a task of its own, the handler
+/// is woken by the connection and the connection by the handler, each taking
+/// the worker's next-task slot: no other thread wakes. That halves the
+/// server's context switches per verification.
+///
+/// Also: a client that hangs up no longer cancels its request half-way (a
+/// write is finished and stored, as a retry will expect), and a handler that
+/// panics gets the contract's `500 internal_error` instead of a dropped
+/// connection.
+async fn in_own_task<F>(handler: F) -> Response
+where
+    F: Future<Output = Response> + Send + 'static,
+{
+    match tokio::spawn(handler).await {
+        Ok(response) => response,
+        Err(failure) => ApiError::from(AuthError::Internal(anyhow::anyhow!(
+            "a request handler failed: {failure}"
+        )))
+        .into_response(),
+    }
+}
+
 /// Counts and logs every request by route template (never by raw path or
 /// query, which could carry a token).
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -53,7 +81,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().clone();
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = in_own_task(next.run(request)).await;
     let status = response.status().as_u16();
     state.metrics.record_request(&route, status);
     tracing::info!(
@@ -65,4 +93,28 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         "request"
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handler_runs_in_its_own_task_and_a_panic_is_a_contract_500() {
+        let ok = in_own_task(async { (StatusCode::CREATED, "made").into_response() }).await;
+        assert_eq!(ok.status(), StatusCode::CREATED);
+
+        let failed = in_own_task(async { panic!("a bug in a handler") }).await;
+        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(failed.into_body(), 4096).await.expect("a body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(body["success"], false);
+        assert_eq!(body["code"], "internal_error");
+        assert!(
+            !body["error"].as_str().unwrap_or_default().contains("a bug"),
+            "the detail stays in the log: {body}"
+        );
+    }
 }
