@@ -69,6 +69,10 @@ pub struct Client {
 struct Inner {
     http: reqwest::Client,
     base_url: String,
+    /// The two POST endpoints, parsed once: parsing a URL (host name checks
+    /// included) on every call cost more than the rest of building a request.
+    send_link_url: url::Url,
+    verify_token_url: url::Url,
     app_key: AppKey,
     timeout: Duration,
     retry: RetryPolicy,
@@ -230,9 +234,15 @@ impl ClientBuilder {
             retry.base_delay = delay;
         }
         let sessions = SessionVerifier::new(self.session, &base_url);
+        let endpoint = |path: &str| {
+            url::Url::parse(&format!("{base_url}/{path}"))
+                .map_err(|e| Error::configuration(format!("invalid base URL: {e}")))
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
+                send_link_url: endpoint("send-link")?,
+                verify_token_url: endpoint("verify-token")?,
                 base_url,
                 app_key: AppKey(app_key),
                 timeout,
@@ -271,7 +281,7 @@ impl Client {
             app_key: self.inner.app_key.0.clone(),
             redirect_url: redirect_url.map(str::to_owned),
         };
-        let response: wire::SendLinkResponse = self.post("send-link", &request).await?;
+        let response: wire::SendLinkResponse = self.post(&self.inner.send_link_url, &request).await?;
         Ok(SendLinkResponse {
             expires_in: response.expires_in,
         })
@@ -284,7 +294,7 @@ impl Client {
             token: token.to_owned(),
             app_key: self.inner.app_key.0.clone(),
         };
-        let response: wire::VerifyTokenResponse = self.post("verify-token", &request).await?;
+        let response: wire::VerifyTokenResponse = self.post(&self.inner.verify_token_url, &request).await?;
         Ok(Verification {
             user: response.user,
             token: response.token,
@@ -311,8 +321,7 @@ impl Client {
         self.inner.sessions.verify(self, jwt, now).await
     }
 
-    async fn post<Req: Serialize, Resp: DeserializeOwned>(&self, path: &str, body: &Req) -> Result<Resp, Error> {
-        let url = format!("{}/{path}", self.inner.base_url);
+    async fn post<Req: Serialize, Resp: DeserializeOwned>(&self, url: &url::Url, body: &Req) -> Result<Resp, Error> {
         let body =
             serde_json::to_vec(body).map_err(|e| Error::configuration(format!("unserialisable request: {e}")))?;
         // One key for every attempt of this call, so a retry is never a second send.
@@ -323,7 +332,7 @@ impl Client {
             if let Ok(value) = HeaderValue::from_str(&idempotency_key) {
                 headers.insert("idempotency-key", value);
             }
-            self.inner.http.post(&url).headers(headers).body(body.clone())
+            self.inner.http.post(url.clone()).headers(headers).body(body.clone())
         })
         .await
     }
