@@ -102,10 +102,43 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_handler_runs_in_its_own_task_and_a_panic_is_a_contract_500() {
-        let ok = in_own_task(async { (StatusCode::CREATED, "made").into_response() }).await;
-        assert_eq!(ok.status(), StatusCode::CREATED);
+    async fn a_handler_runs_in_a_task_of_its_own() {
+        let checked = tokio::spawn(async {
+            let connection = tokio::task::id();
+            let (sender, handler) = tokio::sync::oneshot::channel();
+            let response = in_own_task(async move {
+                let _ = sender.send(tokio::task::id());
+                (StatusCode::CREATED, "made").into_response()
+            })
+            .await;
+            assert_eq!(response.status(), StatusCode::CREATED);
+            assert_ne!(handler.await.expect("the handler ran"), connection);
+        });
+        checked.await.expect("the checks passed");
+    }
 
+    #[tokio::test]
+    async fn a_request_whose_client_hangs_up_still_finishes() {
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let request = tokio::spawn(in_own_task(async move {
+            let _ = wait.await;
+            let _ = done.send(());
+            StatusCode::OK.into_response()
+        }));
+        tokio::task::yield_now().await;
+        // hyper drops the handler's future when the connection goes away.
+        request.abort();
+        let _ = request.await;
+        go.send(()).expect("the handler is still there");
+        tokio::time::timeout(std::time::Duration::from_secs(10), finished)
+            .await
+            .expect("the handler finished in time")
+            .expect("the handler finished");
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_gets_a_contract_500() {
         let failed = in_own_task(async { panic!("a bug in a handler") }).await;
         assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = axum::body::to_bytes(failed.into_body(), 4096).await.expect("a body");
