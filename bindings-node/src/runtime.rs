@@ -4,15 +4,22 @@
 //! JavaScript thread through one long-lived threadsafe function per
 //! environment, which settles the call's Promise there. A call so costs two
 //! thread hand-offs (JavaScript → I/O thread → JavaScript) and no per-call
-//! setup; while calls are frequent, the I/O thread polls instead of sleeping
-//! (see `STAY_AWAKE`), so only the JavaScript thread is woken. (napi's `spawn_future_with_callback` would run the future on a
+//! setup. (napi's `spawn_future_with_callback` would run the future on a
 //! multi-thread runtime, whose workers wake each other, and create and close
 //! a threadsafe function, a libuv handle, for every call.)
+//!
+//! Waking a sleeping thread costs tens of microseconds on some machines
+//! (virtual ones most), more than the rest of a call's client-side work. So
+//! while calls come and go, neither side sleeps: the I/O thread polls its
+//! sockets (`poll_while_busy`), and the event loop of an environment with a
+//! recent call keeps turning without blocking in its poll (`Spinner`). Both
+//! stop `STAY_AWAKE` after the last call started or settled, and both let
+//! other threads ready to run on their core go first on every turn.
 //!
 //! Only the JavaScript thread touches napi values. The I/O thread hands back a
 //! closure that converts the outcome; it runs on the JavaScript thread.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::future::Future;
 use std::ptr;
@@ -53,16 +60,17 @@ fn runtime() -> Result<&'static Handle> {
         .map_err(|reason| Error::new(Status::GenericFailure, reason.clone()))
 }
 
-/// How long the I/O thread keeps polling for work after a call starts or
-/// settles, before it sleeps.
+/// How long the I/O thread keeps polling for work, and an environment's event
+/// loop keeps turning, after a call starts or settles, before they sleep.
 ///
 /// Waking a sleeping thread costs tens of microseconds on some machines
-/// (virtual ones most), and a call would pay it twice: when its response
-/// arrives and when the next call starts. While calls come and go, the
-/// thread instead polls its sockets without blocking (tokio's
-/// `yield_now` makes the runtime check for I/O with a zero timeout), so
-/// only the JavaScript thread is woken, once per call, as `fetch` wakes it.
-/// One thread polls per process, and only this long after the last call.
+/// (virtual ones most), and a call would pay it three times: the I/O thread
+/// when the call starts and when its response arrives, and the JavaScript
+/// thread when the outcome is handed to it. While calls come and go, the I/O
+/// thread instead polls its sockets without blocking (tokio's `yield_now`
+/// makes the runtime check for I/O with a zero timeout), and the event loop
+/// polls for the outcome (see `Spinner`). Past this time both sleep until
+/// something happens, so a slow call is waited for asleep, as `fetch` waits.
 const STAY_AWAKE: Duration = Duration::from_micros(500);
 
 /// When the I/O thread last saw a call start or finish.
@@ -238,6 +246,8 @@ struct Bridge {
     tsfn: sys::napi_threadsafe_function,
     shared: Arc<Shared>,
     pending: std::cell::Cell<usize>,
+    /// Keeps the event loop turning while calls are recent.
+    spinner: Option<Spinner>,
 }
 
 thread_local! {
@@ -295,6 +305,8 @@ impl Bridge {
             tsfn,
             shared,
             pending: std::cell::Cell::new(0),
+            // Without it calls still work; the event loop then sleeps between them.
+            spinner: Spinner::new(env),
         })
     }
 
@@ -304,6 +316,9 @@ impl Bridge {
             unsafe { sys::napi_ref_threadsafe_function(env.raw(), self.tsfn) };
         }
         self.pending.set(pending + 1);
+        if let Some(spinner) = &self.spinner {
+            spinner.touch();
+        }
     }
 
     fn call_settled(&self, env: sys::napi_env) {
@@ -311,6 +326,9 @@ impl Bridge {
         self.pending.set(pending);
         if pending == 0 {
             unsafe { sys::napi_unref_threadsafe_function(env, self.tsfn) };
+        }
+        if let Some(spinner) = &self.spinner {
+            spinner.touch();
         }
     }
 }
@@ -347,11 +365,169 @@ unsafe extern "C" fn environment_teardown(data: *mut c_void) {
     let shared = unsafe { Arc::from_raw(data.cast_const().cast::<Shared>()) };
     let tsfn = shared.tsfn.lock().unwrap_or_else(PoisonError::into_inner).take();
     if let Some(tsfn) = tsfn {
-        BRIDGE.with_borrow_mut(|bridge| {
+        let bridge = BRIDGE.with_borrow_mut(|bridge| {
             if bridge.as_ref().is_some_and(|b| b.tsfn == tsfn.0) {
-                *bridge = None;
+                bridge.take()
+            } else {
+                None
             }
         });
+        if let Some(spinner) = bridge.as_ref().and_then(|b| b.spinner.as_ref()) {
+            spinner.close();
+        }
         unsafe { sys::napi_release_threadsafe_function(tsfn.0, sys::ThreadsafeFunctionReleaseMode::abort) };
     }
+}
+
+/// Keeps an environment's event loop turning without blocking for
+/// `STAY_AWAKE` after its last call started or settled, so that a call's
+/// outcome is picked up on the loop's next turn instead of by waking the
+/// thread: a libuv idle handle, which makes the loop poll with a zero timeout
+/// while it is active. It is unreferenced, so it never keeps the process
+/// alive, and it is closed when the environment tears down. Each turn lets
+/// another thread that is ready to run on this core (the server, on a small
+/// machine) go first.
+struct Spinner {
+    handle: *mut c_void,
+    last: Cell<Instant>,
+    active: Cell<bool>,
+}
+
+impl Spinner {
+    /// `None` where the event loop cannot be reached; the loop then sleeps
+    /// between calls.
+    fn new(env: &Env) -> Option<Spinner> {
+        let mut event_loop = ptr::null_mut();
+        check(unsafe { sys::napi_get_uv_event_loop(env.raw(), &mut event_loop) }).ok()?;
+        let layout = uv::idle_layout()?;
+        let handle = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<c_void>();
+        if handle.is_null() {
+            return None;
+        }
+        if unsafe { uv::idle_init(event_loop.cast(), handle) } != 0 {
+            unsafe { std::alloc::dealloc(handle.cast(), layout) };
+            return None;
+        }
+        unsafe { uv::unref(handle) };
+        Some(Spinner {
+            handle,
+            last: Cell::new(Instant::now()),
+            active: Cell::new(false),
+        })
+    }
+
+    /// A call started or settled.
+    fn touch(&self) {
+        self.last.set(Instant::now());
+        if !self.active.get() && unsafe { uv::idle_start(self.handle, spin) } == 0 {
+            self.active.set(true);
+        }
+    }
+
+    /// One turn of the event loop while active.
+    fn turn(&self) {
+        if self.last.get().elapsed() < STAY_AWAKE {
+            std::thread::yield_now();
+        } else {
+            unsafe { uv::idle_stop(self.handle) };
+            self.active.set(false);
+        }
+    }
+
+    fn close(&self) {
+        unsafe { uv::close(self.handle, free_idle_handle) };
+    }
+}
+
+/// The idle handle's callback, on the JavaScript thread.
+unsafe extern "C" fn spin(handle: *mut c_void) {
+    BRIDGE.with_borrow(|bridge| {
+        match bridge
+            .as_ref()
+            .and_then(|b| b.spinner.as_ref())
+            .filter(|s| s.handle == handle)
+        {
+            Some(spinner) => spinner.turn(),
+            None => unsafe {
+                uv::idle_stop(handle);
+            },
+        }
+    });
+}
+
+/// Frees an idle handle once libuv has closed it.
+unsafe extern "C" fn free_idle_handle(handle: *mut c_void) {
+    if let Some(layout) = uv::idle_layout() {
+        unsafe { std::alloc::dealloc(handle.cast(), layout) };
+    }
+}
+
+/// The few libuv calls the spinner needs. Node exports libuv to addons; on
+/// Windows napi-rs reaches Node-API through the host process instead of
+/// linking it, so there the spinner is not built and the loop sleeps
+/// between calls.
+#[cfg(unix)]
+mod uv {
+    use std::alloc::Layout;
+    use std::ffi::{c_int, c_void};
+
+    /// `UV_IDLE` in libuv's `uv_handle_type`.
+    const UV_IDLE: c_int = 6;
+
+    type Callback = unsafe extern "C" fn(*mut c_void);
+
+    unsafe extern "C" {
+        fn uv_handle_size(kind: c_int) -> usize;
+        fn uv_idle_init(event_loop: *mut c_void, handle: *mut c_void) -> c_int;
+        fn uv_idle_start(handle: *mut c_void, callback: Callback) -> c_int;
+        fn uv_idle_stop(handle: *mut c_void) -> c_int;
+        fn uv_unref(handle: *mut c_void);
+        fn uv_close(handle: *mut c_void, callback: Option<Callback>);
+    }
+
+    pub fn idle_layout() -> Option<Layout> {
+        let size = unsafe { uv_handle_size(UV_IDLE) };
+        Layout::from_size_align(size, 16).ok().filter(|_| size > 0)
+    }
+
+    pub unsafe fn idle_init(event_loop: *mut c_void, handle: *mut c_void) -> c_int {
+        unsafe { uv_idle_init(event_loop, handle) }
+    }
+
+    pub unsafe fn idle_start(handle: *mut c_void, callback: Callback) -> c_int {
+        unsafe { uv_idle_start(handle, callback) }
+    }
+
+    pub unsafe fn idle_stop(handle: *mut c_void) {
+        unsafe { uv_idle_stop(handle) };
+    }
+
+    pub unsafe fn unref(handle: *mut c_void) {
+        unsafe { uv_unref(handle) }
+    }
+
+    pub unsafe fn close(handle: *mut c_void, callback: Callback) {
+        unsafe { uv_close(handle, Some(callback)) }
+    }
+}
+
+#[cfg(not(unix))]
+mod uv {
+    use std::alloc::Layout;
+    use std::ffi::{c_int, c_void};
+
+    type Callback = unsafe extern "C" fn(*mut c_void);
+
+    pub fn idle_layout() -> Option<Layout> {
+        None
+    }
+    pub unsafe fn idle_init(_: *mut c_void, _: *mut c_void) -> c_int {
+        -1
+    }
+    pub unsafe fn idle_start(_: *mut c_void, _: Callback) -> c_int {
+        -1
+    }
+    pub unsafe fn idle_stop(_: *mut c_void) {}
+    pub unsafe fn unref(_: *mut c_void) {}
+    pub unsafe fn close(_: *mut c_void, _: Callback) {}
 }

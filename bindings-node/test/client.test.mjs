@@ -115,9 +115,10 @@ test('a call in flight leaves the event loop free', async () => {
   }
 })
 
-test('the I/O thread stops polling soon after the last call', async () => {
-  // Between calls close together the I/O thread polls instead of sleeping;
-  // once calls stop it must go back to sleep, not keep a core busy.
+test('the I/O thread and the event loop stop polling soon after the last call', async () => {
+  // Between calls close together the I/O thread polls its sockets and the
+  // event loop turns without blocking, instead of sleeping; once calls stop
+  // both must go back to sleep, not keep a core busy.
   const c = client()
   for (let i = 0; i < 50; i++) {
     await assert.rejects(c.verifyToken('mt_unknown'), { code: 'INVALID_TOKEN' })
@@ -128,6 +129,53 @@ test('the I/O thread stops polling soon after the last call', async () => {
   const used = process.cpuUsage(before)
   const ms = (used.user + used.system) / 1000
   assert.ok(ms < 250, `the process used ${ms} ms of CPU in 500 ms without calls`)
+})
+
+test('worker threads have clients of their own, and exit cleanly mid-call', async () => {
+  // Each environment keeps its own handles on its own event loop; a worker
+  // that ends, even with calls in flight, must close them (Node aborts the
+  // process when a worker's loop still has a handle open).
+  const { Worker } = await import('node:worker_threads')
+  const { fileURLToPath } = await import('node:url')
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads')
+    const { Client } = require(workerData.module)
+    const c = new Client({ appKey: workerData.appKey, baseUrl: workerData.baseUrl })
+    ;(async () => {
+      const codes = []
+      for (let i = 0; i < 20; i++) {
+        codes.push(await c.verifyToken('mt_unknown').then(() => 'OK', (e) => e.code))
+      }
+      parentPort.postMessage(codes)
+      // Leaves calls in flight as it ends.
+      for (let i = 0; i < 20; i++) c.verifyToken('mt_unknown').catch(() => {})
+      if (workerData.exit) process.exit(0)
+    })()
+  `
+  const module = fileURLToPath(new URL('../lib/index.js', import.meta.url))
+  for (const exit of [false, true]) {
+    const workers = Array.from(
+      { length: 3 },
+      () => new Worker(code, { eval: true, workerData: { module, exit, appKey: app.app_key, baseUrl: testbed.baseUrl } }),
+    )
+    const results = await Promise.all(
+      workers.map(
+        (worker) =>
+          new Promise((resolve, reject) => {
+            /** @type {unknown} */
+            let codes
+            worker.on('message', (message) => (codes = message))
+            worker.on('error', reject)
+            worker.on('exit', (exitCode) => resolve({ exitCode, codes }))
+          }),
+      ),
+    )
+    for (const result of results) {
+      assert.deepEqual(result, { exitCode: 0, codes: Array(20).fill('INVALID_TOKEN') })
+    }
+  }
+  // This thread's clients still work.
+  await assert.rejects(client().verifyToken('mt_unknown'), { code: 'INVALID_TOKEN' })
 })
 
 test('new Client() reads MAGICAUTH_APP_KEY and MAGICAUTH_BASE_URL; options win', async () => {
