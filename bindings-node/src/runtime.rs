@@ -448,9 +448,9 @@ unsafe extern "C" fn spin(handle: *mut c_void) {
             .filter(|s| s.handle == handle)
         {
             Some(spinner) => spinner.turn(),
-            None => unsafe {
-                uv::idle_stop(handle);
-            },
+            None => {
+                unsafe { uv::idle_stop(handle) };
+            }
         }
     });
 }
@@ -478,36 +478,22 @@ mod uv {
 
     unsafe extern "C" {
         fn uv_handle_size(kind: c_int) -> usize;
-        fn uv_idle_init(event_loop: *mut c_void, handle: *mut c_void) -> c_int;
-        fn uv_idle_start(handle: *mut c_void, callback: Callback) -> c_int;
-        fn uv_idle_stop(handle: *mut c_void) -> c_int;
-        fn uv_unref(handle: *mut c_void);
-        fn uv_close(handle: *mut c_void, callback: Option<Callback>);
+        #[link_name = "uv_idle_init"]
+        pub fn idle_init(event_loop: *mut c_void, handle: *mut c_void) -> c_int;
+        #[link_name = "uv_idle_start"]
+        pub fn idle_start(handle: *mut c_void, callback: Callback) -> c_int;
+        #[link_name = "uv_idle_stop"]
+        pub fn idle_stop(handle: *mut c_void) -> c_int;
+        #[link_name = "uv_unref"]
+        pub fn unref(handle: *mut c_void);
+        #[link_name = "uv_close"]
+        pub fn close(handle: *mut c_void, callback: Callback);
     }
 
+    /// The memory an idle handle takes.
     pub fn idle_layout() -> Option<Layout> {
         let size = unsafe { uv_handle_size(UV_IDLE) };
         Layout::from_size_align(size, 16).ok().filter(|_| size > 0)
-    }
-
-    pub unsafe fn idle_init(event_loop: *mut c_void, handle: *mut c_void) -> c_int {
-        unsafe { uv_idle_init(event_loop, handle) }
-    }
-
-    pub unsafe fn idle_start(handle: *mut c_void, callback: Callback) -> c_int {
-        unsafe { uv_idle_start(handle, callback) }
-    }
-
-    pub unsafe fn idle_stop(handle: *mut c_void) {
-        unsafe { uv_idle_stop(handle) };
-    }
-
-    pub unsafe fn unref(handle: *mut c_void) {
-        unsafe { uv_unref(handle) }
-    }
-
-    pub unsafe fn close(handle: *mut c_void, callback: Callback) {
-        unsafe { uv_close(handle, Some(callback)) }
     }
 }
 
@@ -518,6 +504,7 @@ mod uv {
 
     type Callback = unsafe extern "C" fn(*mut c_void);
 
+    /// No handle is ever made, so the functions below are never called.
     pub fn idle_layout() -> Option<Layout> {
         None
     }
@@ -527,7 +514,9 @@ mod uv {
     pub unsafe fn idle_start(_: *mut c_void, _: Callback) -> c_int {
         -1
     }
-    pub unsafe fn idle_stop(_: *mut c_void) {}
+    pub unsafe fn idle_stop(_: *mut c_void) -> c_int {
+        -1
+    }
     pub unsafe fn unref(_: *mut c_void) {}
     pub unsafe fn close(_: *mut c_void, _: Callback) {}
 }
