@@ -245,7 +245,7 @@ struct Bridge {
     env: sys::napi_env,
     tsfn: sys::napi_threadsafe_function,
     shared: Arc<Shared>,
-    pending: std::cell::Cell<usize>,
+    pending: Cell<usize>,
     /// Keeps the event loop turning while calls are recent.
     spinner: Option<Spinner>,
 }
@@ -304,7 +304,7 @@ impl Bridge {
             env: raw,
             tsfn,
             shared,
-            pending: std::cell::Cell::new(0),
+            pending: Cell::new(0),
             // Without it calls still work; the event loop then sleeps between them.
             spinner: Spinner::new(env),
         })

@@ -235,14 +235,18 @@ impl ClientBuilder {
         }
         let sessions = SessionVerifier::new(self.session, &base_url);
         let endpoint = |path: &str| {
-            url::Url::parse(&format!("{base_url}/{path}"))
-                .map_err(|e| Error::configuration(format!("invalid base URL: {e}")))
+            let mut url = parsed.clone();
+            // An http(s) URL with a host always has path segments.
+            if let Ok(mut segments) = url.path_segments_mut() {
+                segments.pop_if_empty().push(path);
+            }
+            url
         };
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
-                send_link_url: endpoint("send-link")?,
-                verify_token_url: endpoint("verify-token")?,
+                send_link_url: endpoint("send-link"),
+                verify_token_url: endpoint("verify-token"),
                 base_url,
                 app_key: AppKey(app_key),
                 timeout,
@@ -479,6 +483,10 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(client.base_url(), "http://h:1/api");
+        assert_eq!(client.inner.send_link_url.as_str(), "http://h:1/api/send-link");
+        assert_eq!(client.inner.verify_token_url.as_str(), "http://h:1/api/verify-token");
+        let bare = Client::builder().app_key("k").base_url("http://h:1").build().unwrap();
+        assert_eq!(bare.inner.verify_token_url.as_str(), "http://h:1/verify-token");
         assert!(matches!(
             Client::builder().app_key("k").timeout(Duration::ZERO).build(),
             Err(Error::Configuration(_))
