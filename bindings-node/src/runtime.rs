@@ -13,8 +13,10 @@
 //! while calls come and go, neither side sleeps: the I/O thread polls its
 //! sockets (`poll_while_busy`), and the event loop of an environment with a
 //! recent call keeps turning without blocking in its poll (`Spinner`). Both
-//! stop `STAY_AWAKE` after the last call started or settled, and both let
-//! other threads ready to run on their core go first on every turn.
+//! stop `STAY_AWAKE` after the last call started or settled, and while more
+//! than `POLL_MAX_IN_FLIGHT` calls are in flight (the server then has a queue
+//! and the cores work anyway); both let other threads ready to run on their
+//! core go first on every turn.
 //!
 //! Only the JavaScript thread touches napi values. The I/O thread hands back a
 //! closure that converts the outcome; it runs on the JavaScript thread.
@@ -24,7 +26,7 @@ use std::ffi::c_void;
 use std::future::Future;
 use std::ptr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -73,12 +75,21 @@ fn runtime() -> Result<&'static Handle> {
 /// something happens, so a slow call is waited for asleep, as `fetch` waits.
 const STAY_AWAKE: Duration = Duration::from_micros(500);
 
+/// Polling pays off while the other side answers soon after a call starts.
+/// With more calls than this in flight, the server has a queue, the cores
+/// are busy, and a wake-up costs little next to the time a poll would take
+/// from the server: the I/O thread and the event loop then sleep until an
+/// answer arrives.
+const POLL_MAX_IN_FLIGHT: usize = 2;
+
 /// When the I/O thread last saw a call start or finish.
 struct Activity {
     epoch: Instant,
     /// Nanoseconds from `epoch`.
     last: AtomicU64,
-    /// Wakes the poller when a call starts after it went to sleep.
+    /// Calls started and not finished, of every environment.
+    in_flight: AtomicUsize,
+    /// Wakes the poller when a call starts or finishes while it sleeps.
     wake: Notify,
 }
 
@@ -87,8 +98,11 @@ impl Activity {
         self.last.store(self.elapsed(), Ordering::Relaxed);
     }
 
-    fn recent(&self) -> bool {
-        self.elapsed().saturating_sub(self.last.load(Ordering::Relaxed)) < STAY_AWAKE.as_nanos() as u64
+    /// Whether to poll rather than sleep: a call started or finished a
+    /// moment ago, and few are in flight.
+    fn poll(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) <= POLL_MAX_IN_FLIGHT
+            && self.elapsed().saturating_sub(self.last.load(Ordering::Relaxed)) < STAY_AWAKE.as_nanos() as u64
     }
 
     fn elapsed(&self) -> u64 {
@@ -99,14 +113,15 @@ impl Activity {
 static ACTIVITY: LazyLock<Activity> = LazyLock::new(|| Activity {
     epoch: Instant::now(),
     last: AtomicU64::new(0),
+    in_flight: AtomicUsize::new(0),
     wake: Notify::new(),
 });
 
-/// The I/O thread's main future: polls without sleeping while calls are
-/// recent, and sleeps (in the runtime's epoll wait) otherwise.
+/// The I/O thread's main future: polls without sleeping while a few calls
+/// are recent, and sleeps (in the runtime's epoll wait) otherwise.
 async fn poll_while_busy() {
     loop {
-        if ACTIVITY.recent() {
+        if ACTIVITY.poll() {
             // Lets another thread that is ready to run on this core (the
             // server, on a small machine) go first.
             std::thread::yield_now();
@@ -114,6 +129,27 @@ async fn poll_while_busy() {
         } else {
             ACTIVITY.wake.notified().await;
         }
+    }
+}
+
+/// Counts a call in flight on the I/O thread until dropped (also when the
+/// call panics), and tells the poller of each change.
+struct InFlight;
+
+impl InFlight {
+    fn begin() -> InFlight {
+        ACTIVITY.in_flight.fetch_add(1, Ordering::Relaxed);
+        ACTIVITY.touch();
+        ACTIVITY.wake.notify_one();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        ACTIVITY.in_flight.fetch_sub(1, Ordering::Relaxed);
+        ACTIVITY.touch();
+        ACTIVITY.wake.notify_one();
     }
 }
 
@@ -142,10 +178,9 @@ where
     bridge.call_started(env);
     handle.spawn(async move {
         let mut settler = settler;
-        ACTIVITY.touch();
-        ACTIVITY.wake.notify_one();
+        let in_flight = InFlight::begin();
         let outcome = call.await;
-        ACTIVITY.touch();
+        drop(in_flight);
         settler.settle(Box::new(move |env| match outcome {
             Ok(value) => unsafe { T::to_napi_value(env.raw(), value) }.map_err(|e| error_value(env, e)),
             Err(error) => Err(reject(env, &error)),
@@ -317,7 +352,7 @@ impl Bridge {
         }
         self.pending.set(pending + 1);
         if let Some(spinner) = &self.spinner {
-            spinner.touch();
+            spinner.touch(pending + 1);
         }
     }
 
@@ -328,7 +363,7 @@ impl Bridge {
             unsafe { sys::napi_unref_threadsafe_function(env, self.tsfn) };
         }
         if let Some(spinner) = &self.spinner {
-            spinner.touch();
+            spinner.touch(pending);
         }
     }
 }
@@ -416,11 +451,20 @@ impl Spinner {
         })
     }
 
-    /// A call started or settled.
-    fn touch(&self) {
+    /// A call started or settled, leaving `pending` calls unsettled.
+    fn touch(&self, pending: usize) {
         self.last.set(Instant::now());
-        if !self.active.get() && unsafe { uv::idle_start(self.handle, spin) } == 0 {
+        if pending > POLL_MAX_IN_FLIGHT {
+            self.stop();
+        } else if !self.active.get() && unsafe { uv::idle_start(self.handle, spin) } == 0 {
             self.active.set(true);
+        }
+    }
+
+    fn stop(&self) {
+        if self.active.get() {
+            unsafe { uv::idle_stop(self.handle) };
+            self.active.set(false);
         }
     }
 
@@ -429,8 +473,7 @@ impl Spinner {
         if self.last.get().elapsed() < STAY_AWAKE {
             std::thread::yield_now();
         } else {
-            unsafe { uv::idle_stop(self.handle) };
-            self.active.set(false);
+            self.stop();
         }
     }
 
