@@ -249,6 +249,45 @@ async fn wait_for_wakes_on_arrival() {
     sender.await.expect("sender task").expect("send succeeds");
 }
 
+fn message_to(to: &str, subject: &str) -> Message {
+    Message::builder()
+        .from(mailbox("MagicAuth <noreply@example.com>"))
+        .to(mailbox(to))
+        .subject(subject)
+        .header(ContentType::TEXT_PLAIN)
+        .body("body\n".to_owned())
+        .expect("valid message")
+}
+
+#[tokio::test]
+async fn wait_for_recipient_counts_that_recipients_mail_only() {
+    let sink = SmtpSink::start().await;
+    let transport = transport(&sink);
+    // Waiting from before the first arrival: each arrival is looked at once.
+    let second = sink.wait_for_recipient("Ann@Example.com", 2, Duration::from_secs(10));
+    let third = sink.wait_for_recipient("ann@example.com", 3, Duration::from_millis(300));
+    for (to, subject) in [
+        ("bob@example.com", "bob 1"),
+        ("ann@example.com", "ann 1"),
+        ("annie@example.com", "annie 1"),
+        ("ANN@example.com", "ann 2"),
+        ("bob@example.com", "bob 2"),
+    ] {
+        transport.send(message_to(to, subject)).await.expect("send succeeds");
+    }
+    let (count, mail) = second.await.expect("two messages to ann");
+    assert_eq!(count, 2);
+    assert_eq!(mail.subject().as_deref(), Some("ann 2"));
+    assert!(third.await.is_none(), "ann has only two messages");
+    // Waiting after the arrivals finds them in what is there.
+    let (count, mail) = sink
+        .wait_for_recipient("bob@example.com", 1, Duration::from_secs(1))
+        .await
+        .expect("bob's messages");
+    assert_eq!(count, 2);
+    assert_eq!(mail.subject().as_deref(), Some("bob 2"));
+}
+
 #[tokio::test]
 async fn dropping_the_sink_closes_the_port() {
     let sink = SmtpSink::start().await;

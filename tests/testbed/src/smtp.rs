@@ -195,20 +195,33 @@ impl SmtpSink {
         let mut rx = self.shared.mail.subscribe();
         let to = to.to_lowercase();
         async move {
+            // An ASCII address matches an ASCII one case-insensitively, and
+            // never a lowercased one that is not ASCII: no allocation then.
             let is_to = |m: &ReceivedMail| {
                 m.to.iter()
-                    .any(|t| t.eq_ignore_ascii_case(&to) || t.to_lowercase() == to)
+                    .any(|t| t.eq_ignore_ascii_case(&to) || (!t.is_ascii() && t.to_lowercase() == to))
             };
             let n = n.max(1);
+            // Messages are only ever appended: each change scans only the
+            // new ones, so many waiters on a long mailbox stay cheap.
+            let (mut scanned, mut count, mut last) = (0, 0, 0);
             let mail = tokio::time::timeout(
                 timeout,
-                rx.wait_for(|mail| mail.iter().filter(|m| is_to(m)).count() >= n),
+                rx.wait_for(|mail| {
+                    for (at, m) in mail.iter().enumerate().skip(scanned) {
+                        if is_to(m) {
+                            count += 1;
+                            last = at;
+                        }
+                    }
+                    scanned = mail.len();
+                    count >= n
+                }),
             )
             .await
             .ok()?
             .ok()?;
-            let count = mail.iter().filter(|m| is_to(m)).count();
-            mail.iter().rev().find(|m| is_to(m)).map(|m| (count, m.clone()))
+            mail.get(last).map(|m| (count, m.clone()))
         }
     }
 
