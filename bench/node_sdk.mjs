@@ -16,7 +16,7 @@
 //
 // Environment: MAGICAUTH_TESTBED (binary; default target/release if built,
 // else target/debug), BENCH_CALLS (error-path calls per run, default 3000),
-// BENCH_TOKENS (success-path tokens per run, default 1000), BENCH_CONCURRENCY
+// BENCH_TOKENS (success-path tokens per run, default 3000), BENCH_CONCURRENCY
 // (calls in flight, default "1,16").
 
 import { randomUUID } from 'node:crypto'
@@ -25,7 +25,7 @@ import { Client, InvalidTokenError } from '../bindings-node/lib/index.mjs'
 import { Testbed, testbedBinary } from '../bindings-node/test/support/testbed.mjs'
 
 const CALLS = Number(process.env.BENCH_CALLS ?? 3000)
-const TOKENS = Number(process.env.BENCH_TOKENS ?? 1000)
+const TOKENS = Number(process.env.BENCH_TOKENS ?? 3000)
 const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? '1,16').split(',').map(Number)
 // The three clients take turns in this many rounds, so that a change in the
 // machine's speed during the run (disk sync time varies a lot here) hits all alike.
