@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::oneshot::error::TryRecvError;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::app_cache::AppCache;
 use super::*;
@@ -36,6 +36,19 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often committed pages move from the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Writes after which a checkpoint runs without waiting for its tick. Under
+/// heavy writes the WAL so stays well inside `WAL_SIZE_LIMIT` (a write adds
+/// a few frames of 4 KiB): past the limit, the first commit after the WAL
+/// starts over cuts the file back, which holds that request up, and the WAL
+/// then grows into new file pages again, which costs the kernel more per
+/// frame than writing over pages it has.
+const CHECKPOINT_AFTER_WRITES: u64 = 2000;
+/// Checkpoint passes, at most, that hold no writer up before the last one,
+/// which does (see `checkpoint_in_background`).
+const FREE_PASSES: usize = 3;
+/// A pass that copied at most this many frames took little time, so few
+/// were appended meanwhile: the pass at the writers' gate can follow.
+const FEW_FRAMES: i64 = 256;
 /// Bytes of WAL file kept after a checkpoint resets it.
 const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 /// Writes committed together at most: a batch runs on an async worker
@@ -72,6 +85,12 @@ struct Pool {
     queued: AtomicU64,
     /// The most writes one transaction has committed together, for tests.
     largest_batch: AtomicU64,
+    /// Writes since the last checkpoint began.
+    writes: AtomicU64,
+    /// Wakes the checkpoint task after `CHECKPOINT_AFTER_WRITES` writes.
+    checkpoint_due: Arc<Notify>,
+    /// Checkpoints begun, for tests.
+    checkpoints: AtomicU64,
 }
 
 impl Pool {
@@ -105,6 +124,14 @@ impl Pool {
         }
     }
 
+    /// Counts `writes` towards the next checkpoint.
+    fn wrote(&self, writes: u64) {
+        let before = self.writes.fetch_add(writes, Ordering::Relaxed);
+        if before < CHECKPOINT_AFTER_WRITES && before + writes >= CHECKPOINT_AFTER_WRITES {
+            self.checkpoint_due.notify_one();
+        }
+    }
+
     fn give_back(&self, conn: Connection) {
         // A connection left inside a transaction (a panic mid-operation) is
         // not reused.
@@ -117,6 +144,10 @@ impl Pool {
 impl SqliteStore {
     /// Opens (creating if needed) the database at a `sqlite://` URL.
     pub async fn connect(database: &DatabaseOptions) -> StoreResult<Self> {
+        Self::connect_checkpointing_every(database, CHECKPOINT_EVERY).await
+    }
+
+    async fn connect_checkpointing_every(database: &DatabaseOptions, every: Duration) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(&database.url)?;
         let path = options.get_filename().to_path_buf();
         if is_in_memory(&database.url) || path.as_os_str().is_empty() {
@@ -137,13 +168,20 @@ impl SqliteStore {
                 queue: Mutex::new(Vec::new()),
                 queued: AtomicU64::new(0),
                 largest_batch: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
+                checkpoint_due: Arc::new(Notify::new()),
+                checkpoints: AtomicU64::new(0),
             }),
             url: database.url.clone(),
             apps: AppCache::new(),
         };
         // Open one connection now, so a bad path fails at start-up.
         store.run(|_| Ok(())).await?;
-        tokio::spawn(checkpoint_in_background(Arc::downgrade(&store.pool)));
+        tokio::spawn(checkpoint_in_background(
+            Arc::downgrade(&store.pool),
+            Arc::clone(&store.pool.checkpoint_due),
+            every,
+        ));
         Ok(store)
     }
 
@@ -167,6 +205,7 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::PoolTimedOut)?
             .map_err(|_| StoreError::PoolTimedOut)?;
+        self.pool.wrote(1);
         self.execute(Some(gate), operation).await
     }
 
@@ -292,6 +331,7 @@ impl SqliteStore {
             queue.drain(..take).map(|(_, job)| job).collect()
         };
         if !jobs.is_empty() {
+            self.pool.wrote(u64::try_from(jobs.len()).unwrap_or(u64::MAX));
             self.commit_batch(gate, jobs).await;
         }
     }
@@ -412,7 +452,8 @@ const PURGE_IDEMPOTENCY_KEYS: &str = "DELETE FROM idempotency_keys WHERE rowid <
          (SELECT max(rowid) + 1 FROM idempotency_keys))";
 
 /// Copies the WAL's committed pages into the database file every
-/// `CHECKPOINT_EVERY`, on the blocking pool, until the store is dropped.
+/// `CHECKPOINT_EVERY`, and after every `CHECKPOINT_AFTER_WRITES` writes, on
+/// the blocking pool, until the store is dropped.
 ///
 /// SQLite starts writing the WAL from its beginning again only when a write
 /// begins with every frame already copied. Under a steady stream of writes a
@@ -421,25 +462,43 @@ const PURGE_IDEMPOTENCY_KEYS: &str = "DELETE FROM idempotency_keys WHERE rowid <
 /// region of the file costs the kernel a page to zero). So after the copy, a
 /// second pass copies the frames appended meanwhile while this process's
 /// writers wait at their gate (`Pool::writer`), and the next write starts the
-/// WAL over. The first pass does the bulk of the work (and its fsyncs) without
-/// holding anyone up.
+/// WAL over. The passes before it do the bulk of the work (and their fsyncs)
+/// without holding anyone up: each copies what was appended during the one
+/// before, until one finds few frames (at most `FREE_PASSES`), so the pass at
+/// the gate has little left to copy.
 ///
 /// PASSIVE: neither pass waits for SQLite's locks; what one cannot copy (a
 /// reader still on an older snapshot, another process's writer) waits for the
 /// next tick.
-async fn checkpoint_in_background(pool: Weak<Pool>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+async fn checkpoint_in_background(pool: Weak<Pool>, due: Arc<Notify>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The WAL's frame count after the last tick's checkpoint.
     let mut last = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = due.notified() => tick.reset(),
+        }
         let Some(pool) = pool.upgrade() else { return };
+        pool.writes.store(0, Ordering::Relaxed);
+        pool.checkpoints.fetch_add(1, Ordering::Relaxed);
         let outcome = match checkpoint(&pool, None).await {
             // Nothing was written since the last tick.
             Ok(Some(wal)) if Some(wal) == last && wal.copied == wal.frames => continue,
             // A checkpoint counts the frames there were when it began.
-            Ok(Some(_)) => {
+            Ok(Some(mut previous)) => {
+                for _ in 1..FREE_PASSES {
+                    let Ok(Some(pass)) = checkpoint(&pool, None).await else {
+                        break;
+                    };
+                    // The frames appended while the pass before copied.
+                    let copied = pass.copied - previous.copied;
+                    previous = pass;
+                    if copied <= FEW_FRAMES {
+                        break;
+                    }
+                }
                 let gate = tokio::time::timeout(pool.acquire_timeout, pool.writer.clone().acquire_owned()).await;
                 match gate {
                     Ok(Ok(gate)) => checkpoint(&pool, Some(gate)).await,
@@ -1412,6 +1471,41 @@ mod tests {
         }
         assert!(grown, "no checkpoint copied the WAL into the database file within 5 s");
         assert_eq!(store.list_apps().await.expect("read").len(), 200);
+    }
+
+    /// A burst of writes is checkpointed without waiting for the tick, so the
+    /// WAL stays small under heavy writes.
+    #[tokio::test]
+    async fn many_writes_bring_the_checkpoint_forward() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("volume.db").display());
+        // The first tick comes at once, the next one not during this test.
+        let store = SqliteStore::connect_checkpointing_every(&DatabaseOptions::new(url), Duration::from_secs(3600))
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        let checkpoints = || store.pool.checkpoints.load(Ordering::Relaxed);
+        for _ in 0..100 {
+            if checkpoints() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let begun = checkpoints();
+        assert_eq!(begun, 1, "the first tick's checkpoint");
+        for i in 0..CHECKPOINT_AFTER_WRITES {
+            store.create_app(&app(&format!("app_{i}"))).await.expect("app");
+        }
+        for _ in 0..200 {
+            if checkpoints() > begun {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            checkpoints() > begun,
+            "no checkpoint within 10 s of {CHECKPOINT_AFTER_WRITES} writes"
+        );
     }
 
     /// A database made by the first migration keeps its users and their ids
