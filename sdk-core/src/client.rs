@@ -213,6 +213,11 @@ impl ClientBuilder {
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
             return Err(Error::configuration("the base URL must be an http(s) URL"));
         }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(Error::configuration(
+                "the base URL must not have a query or a fragment: the endpoint paths go after it",
+            ));
+        }
         let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
         if timeout.is_zero() {
             return Err(Error::configuration("the timeout must be greater than zero"));
@@ -487,6 +492,12 @@ mod tests {
         assert_eq!(client.inner.verify_token_url.as_str(), "http://h:1/api/verify-token");
         let bare = Client::builder().app_key("k").base_url("http://h:1").build().unwrap();
         assert_eq!(bare.inner.verify_token_url.as_str(), "http://h:1/verify-token");
+        for base in ["http://h:1/api?x=1", "http://h:1/api#top"] {
+            assert!(matches!(
+                Client::builder().app_key("k").base_url(base).build(),
+                Err(Error::Configuration(_))
+            ));
+        }
         assert!(matches!(
             Client::builder().app_key("k").timeout(Duration::ZERO).build(),
             Err(Error::Configuration(_))
