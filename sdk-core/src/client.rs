@@ -229,6 +229,9 @@ impl ClientBuilder {
             .user_agent(user_agent)
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            // A redirect is never followed: a 307 or 308 would send the body,
+            // and with it the app key, to wherever the redirect points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::configuration(format!("could not build the HTTP client: {e}")))?;
         let mut retry = RetryPolicy::default();
@@ -392,6 +395,9 @@ impl Client {
             .map_err(|e| transport_error(e, timeout))?;
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers());
+        if response.status().is_redirection() {
+            return Err(redirect_error(status, response.headers()));
+        }
         let bytes = response.bytes().await.map_err(|e| transport_error(e, timeout))?;
         if (200..300).contains(&status) {
             return serde_json::from_slice(&bytes).map_err(|e| {
@@ -415,6 +421,34 @@ impl Client {
             Err(_) => Error::from_status(status, raw_body(&bytes), retry_after),
         })
     }
+}
+
+/// A redirect from the API: the base URL points somewhere else (a proxy that
+/// moved, `http` for an `https` server). Not followed, and not retried.
+fn redirect_error(status: u16, headers: &HeaderMap) -> Error {
+    let location = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        // Without its query or fragment, which may carry anything.
+        .map(|l| {
+            l.split(['?', '#'])
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(200)
+                .collect::<String>()
+        });
+    let message = match location {
+        Some(location) => format!(
+            "the server answered with a redirect (HTTP {status}) to {location}; redirects are not followed, \
+             so that the app key is never sent elsewhere: set the base URL to the API itself"
+        ),
+        None => format!(
+            "the server answered with a redirect (HTTP {status}); redirects are not followed, \
+             so that the app key is never sent elsewhere: set the base URL to the API itself"
+        ),
+    };
+    Error::Server(ErrorDetail::new("server_error", message, Some(status)))
 }
 
 fn raw_body(bytes: &[u8]) -> String {

@@ -270,3 +270,40 @@ async fn extra_fields_in_an_error_body_are_ignored() {
     assert!(matches!(error, Error::TokenExpired(_)), "{error:?}");
     assert_eq!(received(&server).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_is_a_server_error() {
+    let elsewhere = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"success": true, "expires_in": 900})))
+        .expect(0)
+        .mount(&elsewhere)
+        .await;
+    let server = MockServer::start().await;
+    let client = builder(&server).build().unwrap();
+    let target = format!("{}/api/verify-token?sig=abc", elsewhere.uri());
+    for status in [301, 302, 303, 307, 308] {
+        for endpoint in ["send-link", "verify-token"] {
+            server.reset().await;
+            Mock::given(method("POST"))
+                .respond_with(ResponseTemplate::new(status).insert_header("Location", target.as_str()))
+                .expect(1) // not retried either
+                .mount(&server)
+                .await;
+            let error = call_error(&client, endpoint).await;
+            assert!(matches!(error, Error::Server(_)), "HTTP {status}: {error:?}");
+            assert_eq!(error.code(), "server_error");
+            assert_eq!(error.status(), Some(status));
+            assert!(error.message().contains("redirect"), "{}", error.message());
+            assert!(error.message().contains(&elsewhere.uri()), "{}", error.message());
+            assert!(!error.message().contains("sig=abc"), "{}", error.message());
+            assert_no_key(&format!("{error} {error:?}"));
+            server.verify().await;
+        }
+    }
+    elsewhere.verify().await;
+    assert!(
+        received(&elsewhere).await.is_empty(),
+        "nothing reached the redirect's target"
+    );
+}
