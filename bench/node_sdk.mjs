@@ -4,8 +4,8 @@
 // unknown token) and the success path (tokens created beforehand through the
 // real SMTP sink), and the error path against the test bed's API stand-in
 // that does no work (each client's own cost per call). Prints calls/s, µs per
-// call and the SDK/fetch ratio. No timed assertions: compare the ratios, never
-// absolute numbers across runs.
+// call and the SDK/fetch ratio, with its range over the rounds. No timed
+// assertions: compare the ratios, never absolute numbers across runs.
 //
 // The SDK sends an `Idempotency-Key` with every call (so retries are safe);
 // the server stores it, which costs it a database write the seed's requests
@@ -47,21 +47,27 @@ async function timed(from, to, concurrency, call) {
 }
 
 /**
- * Seconds each of `calls` takes for n calls in all, taking turns in rounds.
+ * Seconds each of `calls` takes for n calls in all, taking turns in rounds,
+ * in all and per round.
  * @template {string} K
  * @param {number} n @param {number} concurrency @param {Record<K, (i: number) => Promise<void>>} calls
- * @returns {Promise<Record<K, number>>}
+ * @returns {Promise<{total: Record<K, number>, rounds: Record<K, number>[]}>}
  */
 async function race(n, concurrency, calls) {
-  const secs = /** @type {Record<K, number>} */ (Object.fromEntries(Object.keys(calls).map((k) => [k, 0])))
+  const keys = /** @type {K[]} */ (Object.keys(calls))
+  const total = /** @type {Record<K, number>} */ (Object.fromEntries(keys.map((k) => [k, 0])))
+  const rounds = []
   for (let round = 0; round < ROUNDS; round++) {
     const from = Math.floor((n * round) / ROUNDS)
     const to = Math.floor((n * (round + 1)) / ROUNDS)
-    for (const key of /** @type {K[]} */ (Object.keys(calls))) {
-      secs[key] += await timed(from, to, concurrency, calls[key])
+    const secs = /** @type {Record<K, number>} */ ({})
+    for (const key of keys) {
+      secs[key] = await timed(from, to, concurrency, calls[key])
+      total[key] += secs[key]
     }
+    rounds.push(secs)
   }
-  return secs
+  return { total, rounds }
 }
 
 /**
@@ -97,17 +103,22 @@ async function createTokens(testbed, client, tag, n) {
 }
 
 /**
+ * Prints one line: each client's calls/s and µs per call, the SDK's ratios,
+ * and the lowest and highest SDK/fetch ratio of a single round (how much the
+ * machine's speed moved during the run).
  * @param {string} path @param {number} concurrency @param {number} n
- * @param {{sdk: number, fetch: number, fetchIdem: number}} secs
+ * @param {{total: {sdk: number, fetch: number, fetchIdem: number}, rounds: {sdk: number, fetch: number}[]}} result
  */
-function report(path, concurrency, n, secs) {
+function report(path, concurrency, n, { total, rounds }) {
   const rate = (/** @type {number} */ s) => (n / s).toFixed(0).padStart(6)
   const us = (/** @type {number} */ s) => ((s / n) * 1e6).toFixed(0).padStart(5)
   const cell = (/** @type {number} */ s) => `${rate(s)} calls/s ${us(s)} µs/call`
+  const perRound = rounds.map((r) => r.fetch / r.sdk)
   console.log(
     `${path.padEnd(22)} c=${String(concurrency).padEnd(3)} n=${String(n).padEnd(5)}| ` +
-      `sdk ${cell(secs.sdk)} | fetch ${cell(secs.fetch)} | fetch+idem ${cell(secs.fetchIdem)} | ` +
-      `sdk/fetch ${(secs.fetch / secs.sdk).toFixed(2)}x, sdk/fetch+idem ${(secs.fetchIdem / secs.sdk).toFixed(2)}x`,
+      `sdk ${cell(total.sdk)} | fetch ${cell(total.fetch)} | fetch+idem ${cell(total.fetchIdem)} | ` +
+      `sdk/fetch ${(total.fetch / total.sdk).toFixed(2)}x, sdk/fetch+idem ${(total.fetchIdem / total.sdk).toFixed(2)}x ` +
+      `(rounds ${Math.min(...perRound).toFixed(2)}-${Math.max(...perRound).toFixed(2)}x)`,
   )
 }
 
@@ -143,7 +154,7 @@ try {
         const body = await verify(`unknown-token-${i}`)
         if (body.success || body.code !== 'invalid_token') throw new Error(`unexpected ${JSON.stringify(body)}`)
       }
-      const secs = await race(CALLS, concurrency, {
+      const result = await race(CALLS, concurrency, {
         sdk: async (i) => {
           try {
             await sdk.verifyToken(`unknown-token-${i}`)
@@ -155,7 +166,7 @@ try {
         fetch: fetchCall(plain),
         fetchIdem: fetchCall(keyed),
       })
-      report(path, concurrency, CALLS, secs)
+      report(path, concurrency, CALLS, result)
     }
   }
 
@@ -168,7 +179,7 @@ try {
       const body = await verify(tokens[i])
       if (!body.success) throw new Error(`unexpected ${JSON.stringify(body)}`)
     }
-    const secs = await race(TOKENS, concurrency, {
+    const result = await race(TOKENS, concurrency, {
       sdk: async (i) => {
         const verification = await client.verifyToken(sdkTokens[i])
         if (!(verification.user.lastLoginAt instanceof Date)) throw new Error('no Date')
@@ -176,7 +187,7 @@ try {
       fetch: fetchCall(viaFetch, fetchTokens),
       fetchIdem: fetchCall(viaFetchIdem, fetchIdemTokens),
     })
-    report('success (new token)', concurrency, TOKENS, secs)
+    report('success (new token)', concurrency, TOKENS, result)
   }
 } finally {
   await testbed.close()
