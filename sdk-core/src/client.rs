@@ -424,30 +424,29 @@ impl Client {
 }
 
 /// A redirect from the API: the base URL points somewhere else (a proxy that
-/// moved, `http` for an `https` server). Not followed, and not retried.
+/// moved, `http` for an `https` server). Not followed, and not retried. The
+/// message names the target without credentials, query or fragment.
 fn redirect_error(status: u16, headers: &HeaderMap) -> Error {
-    let location = headers
+    let target = headers
         .get(reqwest::header::LOCATION)
         .and_then(|l| l.to_str().ok())
-        // Without its query or fragment, which may carry anything.
-        .map(|l| {
-            l.split(['?', '#'])
-                .next()
-                .unwrap_or_default()
-                .chars()
-                .take(200)
-                .collect::<String>()
-        });
-    let message = match location {
-        Some(location) => format!(
-            "the server answered with a redirect (HTTP {status}) to {location}; redirects are not followed, \
-             so that the app key is never sent elsewhere: set the base URL to the API itself"
-        ),
-        None => format!(
-            "the server answered with a redirect (HTTP {status}); redirects are not followed, \
-             so that the app key is never sent elsewhere: set the base URL to the API itself"
-        ),
-    };
+        .map(|l| match url::Url::parse(l) {
+            Ok(mut url) => {
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                url.set_query(None);
+                url.set_fragment(None);
+                url.to_string()
+            }
+            // A relative reference.
+            Err(_) => l.split(['?', '#']).next().unwrap_or_default().to_owned(),
+        })
+        .map(|l| format!(" to {}", l.chars().take(200).collect::<String>()))
+        .unwrap_or_default();
+    let message = format!(
+        "the server answered with a redirect (HTTP {status}){target}; redirects are not followed, \
+         so that the app key is never sent elsewhere: set the base URL to the API itself"
+    );
     Error::Server(ErrorDetail::new("server_error", message, Some(status)))
 }
 
