@@ -396,7 +396,7 @@ impl Client {
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers());
         if response.status().is_redirection() {
-            return Err(redirect_error(status, response.headers()));
+            return Err(redirect_error(status, response.url(), response.headers()));
         }
         let bytes = response.bytes().await.map_err(|e| transport_error(e, timeout))?;
         if (200..300).contains(&status) {
@@ -425,23 +425,20 @@ impl Client {
 
 /// A redirect from the API: the base URL points somewhere else (a proxy that
 /// moved, `http` for an `https` server). Not followed, and not retried. The
-/// message names the target without credentials, query or fragment.
-fn redirect_error(status: u16, headers: &HeaderMap) -> Error {
+/// message names the target, resolved against the request's URL, without
+/// credentials, query or fragment.
+fn redirect_error(status: u16, from: &url::Url, headers: &HeaderMap) -> Error {
     let target = headers
         .get(reqwest::header::LOCATION)
         .and_then(|l| l.to_str().ok())
-        .map(|l| match url::Url::parse(l) {
-            Ok(mut url) => {
-                let _ = url.set_username("");
-                let _ = url.set_password(None);
-                url.set_query(None);
-                url.set_fragment(None);
-                url.to_string()
-            }
-            // A relative reference.
-            Err(_) => l.split(['?', '#']).next().unwrap_or_default().to_owned(),
+        .and_then(|l| from.join(l).ok())
+        .map(|mut url| {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            format!(" to {}", url.as_str().chars().take(200).collect::<String>())
         })
-        .map(|l| format!(" to {}", l.chars().take(200).collect::<String>()))
         .unwrap_or_default();
     let message = format!(
         "the server answered with a redirect (HTTP {status}){target}; redirects are not followed, \

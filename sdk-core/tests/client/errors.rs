@@ -312,17 +312,37 @@ async fn a_redirect_is_not_followed_and_is_a_server_error() {
 }
 
 #[tokio::test]
-async fn a_relative_redirect_is_named_without_its_query() {
+async fn a_relative_redirect_is_named_in_full_without_credentials_or_query() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(308).insert_header("Location", "/v2/verify-token?key=abc"))
-        .expect(1)
-        .mount(&server)
-        .await;
     let client = builder(&server).build().unwrap();
-    let error = call_error(&client, "verify-token").await;
-    assert!(matches!(error, Error::Server(_)), "{error:?}");
-    assert_eq!(error.status(), Some(308));
-    assert!(error.message().contains(" to /v2/verify-token;"), "{}", error.message());
-    assert!(!error.message().contains("key=abc"), "{}", error.message());
+    let host = server.uri().trim_start_matches("http://").to_owned();
+    for (location, shown) in [
+        (
+            "/v2/verify-token?key=abc".to_owned(),
+            format!("{}/v2/verify-token", server.uri()),
+        ),
+        (
+            format!("//proxy-user:proxy-pass@{host}/v2/verify-token?key=abc"),
+            format!("{}/v2/verify-token", server.uri()),
+        ),
+    ] {
+        server.reset().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(308).insert_header("Location", location.as_str()))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let error = call_error(&client, "verify-token").await;
+        assert!(matches!(error, Error::Server(_)), "{location}: {error:?}");
+        assert_eq!(error.status(), Some(308));
+        assert!(
+            error.message().contains(&format!(" to {shown};")),
+            "{location}: {}",
+            error.message()
+        );
+        for hidden in ["key=abc", "proxy-user", "proxy-pass"] {
+            assert!(!error.message().contains(hidden), "{hidden}: {}", error.message());
+        }
+        server.verify().await;
+    }
 }
