@@ -172,9 +172,18 @@ impl ClientBuilder {
         self
     }
 
-    /// Least time between two JWKS fetches caused by unknown key ids (default 60 s).
+    /// Least time between two JWKS fetches caused by unknown key ids, or
+    /// after a fetch failed (default 60 s).
     pub fn jwks_min_refresh_interval(mut self, interval: Duration) -> Self {
         self.session.min_refresh = interval;
+        self
+    }
+
+    /// How long fetched keys are used before they are fetched again (default
+    /// 1 h). A key that the server published stays usable while a new fetch
+    /// fails.
+    pub fn jwks_max_age(mut self, max_age: Duration) -> Self {
+        self.session.max_age = max_age;
         self
     }
 

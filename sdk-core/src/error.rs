@@ -235,6 +235,35 @@ impl Error {
         detail_of!(self)
     }
 
+    /// The same error without its source (which cannot be cloned): for
+    /// calls that share the outcome of one request.
+    #[cfg(feature = "client")]
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Error::InvalidToken(d) => Error::InvalidToken(d.clone()),
+            Error::TokenAlreadyUsed(d) => Error::TokenAlreadyUsed(d.clone()),
+            Error::TokenExpired(d) => Error::TokenExpired(d.clone()),
+            Error::InvalidAppKey(d) => Error::InvalidAppKey(d.clone()),
+            Error::Forbidden(d) => Error::Forbidden(d.clone()),
+            Error::RateLimited { detail, retry_after } => Error::RateLimited {
+                detail: detail.clone(),
+                retry_after: *retry_after,
+            },
+            Error::InvalidRequest(d) => Error::InvalidRequest(d.clone()),
+            Error::Server(d) => Error::Server(d.clone()),
+            Error::Connection { detail, .. } => Error::Connection {
+                detail: detail.clone(),
+                source: None,
+            },
+            Error::Timeout { detail, .. } => Error::Timeout {
+                detail: detail.clone(),
+                source: None,
+            },
+            Error::InvalidSession(d) => Error::InvalidSession(d.clone()),
+            Error::Configuration(d) => Error::Configuration(d.clone()),
+        }
+    }
+
     #[cfg(feature = "client")]
     pub(crate) fn session(message: impl Into<String>) -> Self {
         Error::InvalidSession(ErrorDetail::new("invalid_session", message, None))

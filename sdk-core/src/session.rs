@@ -23,6 +23,7 @@ pub(crate) struct SessionConfig {
     pub issuer: Option<String>,
     pub jwks_url: Option<String>,
     pub min_refresh: Duration,
+    pub max_age: Duration,
     pub leeway: Duration,
 }
 
@@ -33,6 +34,7 @@ impl Default for SessionConfig {
             issuer: None,
             jwks_url: None,
             min_refresh: Duration::from_secs(60),
+            max_age: JWKS_MAX_AGE,
             leeway: Duration::from_secs(60),
         }
     }
@@ -48,14 +50,25 @@ struct Expected {
 #[derive(Default)]
 struct KeyCache {
     keys: HashMap<String, Vec<u8>>,
+    /// The last fetch that succeeded.
     fetched_at: Option<Instant>,
+    /// The last fetch, whatever its outcome.
+    attempted_at: Option<Instant>,
+    /// Fetches made so far, so that a call that waited for another's fetch
+    /// uses its outcome instead of fetching again.
+    attempts: u64,
+    /// How the last fetch failed, if it did.
+    failure: Option<Error>,
 }
 
 pub(crate) struct SessionVerifier {
     config: SessionConfig,
     jwks_url: String,
     expected: OnceCell<Expected>,
-    cache: Mutex<KeyCache>,
+    /// Only ever locked for a moment, never across a fetch.
+    cache: std::sync::Mutex<KeyCache>,
+    /// Held by the one call that is fetching the keys.
+    fetching: Mutex<()>,
 }
 
 impl SessionVerifier {
@@ -69,7 +82,8 @@ impl SessionVerifier {
             config,
             jwks_url,
             expected: OnceCell::new(),
-            cache: Mutex::new(KeyCache::default()),
+            cache: std::sync::Mutex::new(KeyCache::default()),
+            fetching: Mutex::new(()),
         }
     }
 
@@ -137,37 +151,81 @@ impl SessionVerifier {
     }
 
     /// The public key of `kid`: from the cache, or fetched when the cache is
-    /// old or the key unknown (at most once per `min_refresh` for the latter).
+    /// old or the key unknown.
+    ///
+    /// Once keys have been fetched, fetches are at least `min_refresh` apart,
+    /// whether they succeed or not, so tokens with made-up key ids cannot make
+    /// every call wait for the server. One call fetches at a time; a call that
+    /// has the key (only older than `max_age`) never waits for it, and one
+    /// that has not uses the outcome of the fetch it waited for.
     async fn key(&self, client: &Client, kid: &str) -> Result<Vec<u8>, Error> {
-        let mut cache = self.cache.lock().await;
-        let age = cache.fetched_at.map(|t| t.elapsed());
-        let fresh = age.is_some_and(|a| a < JWKS_MAX_AGE);
-        if fresh && let Some(key) = cache.keys.get(kid) {
-            return Ok(key.clone());
+        let (cached, attempts) = {
+            let cache = self.cache();
+            let cached = cache.keys.get(kid).cloned();
+            let fresh = cache.fetched_at.is_some_and(|t| t.elapsed() < self.config.max_age);
+            if fresh && let Some(key) = cached {
+                return Ok(key);
+            }
+            let tried_lately = cache
+                .attempted_at
+                .is_some_and(|t| t.elapsed() < self.config.min_refresh);
+            // Before the first good fetch there is nothing to fall back on,
+            // so every call tries.
+            if cache.fetched_at.is_some() && tried_lately {
+                return cached.ok_or_else(unknown_key);
+            }
+            (cached, cache.attempts)
+        };
+        let _fetching = match (self.fetching.try_lock(), &cached) {
+            (Ok(guard), _) => guard,
+            // Another call is fetching: the key known so far will do.
+            (Err(_), Some(key)) => return Ok(key.clone()),
+            (Err(_), None) => self.fetching.lock().await,
+        };
+        {
+            let cache = self.cache();
+            if cache.attempts != attempts {
+                // Fetched while this call waited.
+                return match (cache.keys.get(kid), &cache.failure) {
+                    (Some(key), _) => Ok(key.clone()),
+                    (None, Some(failure)) => Err(failure.duplicate()),
+                    (None, None) => Err(unknown_key()),
+                };
+            }
         }
-        let may_fetch = !fresh || age.is_some_and(|a| a >= self.config.min_refresh);
-        if may_fetch {
-            let set: JwkSet = match client.get(&self.jwks_url, false).await {
-                Ok(set) => set,
+        let fetched: Result<JwkSet, Error> = client.get(&self.jwks_url, false).await;
+        let mut cache = self.cache();
+        let now = Instant::now();
+        cache.attempts += 1;
+        cache.attempted_at = Some(now);
+        match fetched {
+            Ok(set) => {
+                cache.keys = set
+                    .keys
+                    .into_iter()
+                    .filter(|k| k.kty == "OKP" && k.crv == "Ed25519")
+                    .filter_map(|k| Some((k.kid, B64.decode(k.x).ok()?)))
+                    .collect();
+                cache.fetched_at = Some(now);
+                cache.failure = None;
+                cache.keys.get(kid).cloned().ok_or_else(unknown_key)
+            }
+            Err(error) => {
+                cache.failure = Some(error.duplicate());
                 // The server is unreachable but the key is one it published:
                 // keep accepting it rather than failing every session.
-                Err(_) if cache.keys.contains_key(kid) => return Ok(cache.keys[kid].clone()),
-                Err(error) => return Err(error),
-            };
-            cache.keys = set
-                .keys
-                .into_iter()
-                .filter(|k| k.kty == "OKP" && k.crv == "Ed25519")
-                .filter_map(|k| Some((k.kid, B64.decode(k.x).ok()?)))
-                .collect();
-            cache.fetched_at = Some(Instant::now());
+                cached.ok_or(error)
+            }
         }
-        cache
-            .keys
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| Error::session("session signed with an unknown key"))
     }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, KeyCache> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn unknown_key() -> Error {
+    Error::session("session signed with an unknown key")
 }
 
 fn decode_json<T: DeserializeOwned>(segment: &str) -> Result<T, Error> {

@@ -565,3 +565,132 @@ async fn extreme_timestamps_are_judged_without_overflow() {
     let future = k1.sign(&with(with(claims(T), "iat", json!(i64::MAX)), "exp", json!(i64::MAX)));
     assert_invalid_session(client.verify_session_at(&future, at(T)).await, "iat = i64::MAX");
 }
+
+/// Mounts a JWKS that serves `signers` once, then answers `then` (a 404 is
+/// not retried, so each fetch is one request).
+async fn mount_keys_once_then(server: &MockServer, signers: &[&Signer], then: ResponseTemplate) {
+    Mock::given(method("GET"))
+        .and(path(JWKS_PATH))
+        .respond_with(jwks(signers))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(JWKS_PATH))
+        .respond_with(then)
+        .with_priority(2)
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(APP_PATH))
+        .respond_with(app_info())
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn a_failed_fetch_waits_out_the_interval_like_a_good_one() {
+    let server = MockServer::start().await;
+    let (k1, forged) = (Signer::new("k1"), Signer::new("forged"));
+    mount_keys_once_then(&server, &[&k1], ResponseTemplate::new(404)).await;
+    let interval = Duration::from_millis(700);
+    let client = builder(&server).jwks_min_refresh_interval(interval).build().unwrap();
+    client.verify_session(&k1.sign(&claims(now()))).await.unwrap();
+    tokio::time::sleep(interval + Duration::from_millis(50)).await;
+
+    // An unknown key id past the interval fetches once; the fetch fails.
+    let failed_at = Instant::now();
+    let error = client.verify_session(&forged.sign(&claims(now()))).await.unwrap_err();
+    assert_eq!(error.status(), Some(404), "{error:?}");
+    assert_eq!(count(&server, JWKS_PATH).await, 2);
+    // More unknown key ids within the interval do not ask the server again.
+    for _ in 0..5 {
+        assert_invalid_session(client.verify_session(&forged.sign(&claims(now()))).await, "forged");
+    }
+    client.verify_session(&k1.sign(&claims(now()))).await.unwrap();
+    assert!(
+        failed_at.elapsed() < interval,
+        "the test machine is too slow for this interval"
+    );
+    assert_eq!(
+        count(&server, JWKS_PATH).await,
+        2,
+        "refetched within the interval after a failure"
+    );
+}
+
+#[tokio::test]
+async fn keys_past_their_age_stay_usable_while_the_jwks_fails() {
+    let server = MockServer::start().await;
+    let k1 = Signer::new("k1");
+    mount_keys_once_then(&server, &[&k1], ResponseTemplate::new(404)).await;
+    // Every key is past its age at once, and every call may fetch.
+    let client = builder(&server)
+        .jwks_max_age(Duration::ZERO)
+        .jwks_min_refresh_interval(Duration::ZERO)
+        .build()
+        .unwrap();
+    client.verify_session(&k1.sign(&claims(now()))).await.unwrap();
+    for _ in 0..3 {
+        // Each call tries a fetch, which fails, and uses the key it has.
+        assert_eq!(
+            client.verify_session(&k1.sign(&claims(now()))).await.unwrap().sub,
+            "123"
+        );
+    }
+    assert_eq!(count(&server, JWKS_PATH).await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_with_a_known_key_never_waits_for_a_fetch() {
+    let server = MockServer::start().await;
+    let (k1, forged) = (Signer::new("k1"), Signer::new("forged"));
+    // After the first fetch the JWKS answers only after a long delay.
+    let slow = jwks(&[&k1]).set_delay(Duration::from_secs(3));
+    mount_keys_once_then(&server, &[&k1], slow).await;
+    let client = builder(&server)
+        .jwks_min_refresh_interval(Duration::ZERO)
+        .build()
+        .unwrap();
+    client.verify_session(&k1.sign(&claims(now()))).await.unwrap();
+
+    let fetching = tokio::spawn({
+        let (client, token) = (client.clone(), forged.sign(&claims(now())));
+        async move { client.verify_session(&token).await }
+    });
+    // Until the slow fetch has reached the server (bounded: 3 s at most).
+    for _ in 0..300 {
+        if count(&server, JWKS_PATH).await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(count(&server, JWKS_PATH).await, 2, "the second fetch never started");
+    client.verify_session(&k1.sign(&claims(now()))).await.unwrap();
+    assert!(!fetching.is_finished(), "the known key waited for the fetch");
+    assert_invalid_session(fetching.await.unwrap(), "forged, after the fetch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_waiting_for_a_failing_first_fetch_share_its_outcome() {
+    let server = MockServer::start().await;
+    let k1 = Signer::new("k1");
+    Mock::given(method("GET"))
+        .and(path(JWKS_PATH))
+        .respond_with(ResponseTemplate::new(404).set_delay(Duration::from_millis(500)))
+        .mount(&server)
+        .await;
+    let client = builder(&server).build().unwrap();
+    let token = k1.sign(&claims(now()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (client, token) = (client.clone(), token.clone());
+        tasks.spawn(async move { client.verify_session(&token).await });
+    }
+    while let Some(result) = tasks.join_next().await {
+        let error = result.unwrap().unwrap_err();
+        assert_eq!(error.status(), Some(404), "{error:?}");
+    }
+    assert_eq!(count(&server, JWKS_PATH).await, 1);
+}
