@@ -6,7 +6,7 @@ use super::ValidationError;
 
 const FIELD: &str = "email";
 const MAX_LEN: usize = 254; // RFC 5321 forward-path limit minus the angle brackets
-const MAX_LOCAL_LEN: usize = 64; // RFC 5321 local-part limit
+const MAX_LOCAL_LEN: usize = 64; // RFC 5321 local-part limit, in octets
 const INVALID: &str = "not a valid email address";
 
 /// A syntactically valid email address, trimmed and lower-cased.
@@ -66,14 +66,19 @@ fn validate(addr: &str) -> Result<(), ()> {
         return Err(());
     }
     validate_local(local)?;
-    validate_domain(domain)
+    validate_domain(domain)?;
+    // The mail side sends only to addresses lettre accepts (dot-atom local
+    // parts: no leading, trailing or doubled dots, no `:`; labels of at most
+    // 63 characters). An address it would refuse is refused here, with a
+    // 400, rather than answered 200 and never delivered.
+    addr.parse::<lettre::Address>().map(drop).map_err(drop)
 }
 
 fn validate_local(local: &str) -> Result<(), ()> {
     // Quoted local parts are not supported, so the characters that only make
     // sense inside quotes (or would break header parsing) are rejected.
     const FORBIDDEN: &[char] = &['<', '>', ',', ';', '"', '(', ')', '\\', '[', ']'];
-    if local.is_empty() || local.chars().count() > MAX_LOCAL_LEN || local.contains(FORBIDDEN) {
+    if local.is_empty() || local.len() > MAX_LOCAL_LEN || local.contains(FORBIDDEN) {
         return Err(());
     }
     Ok(())
@@ -285,6 +290,40 @@ mod tests {
     }
 
     #[test]
+    fn rejects_what_the_mail_side_could_not_send() {
+        for raw in [
+            "a..b@example.com",
+            ".a@example.com",
+            "a.@example.com",
+            "a:b@example.com",
+        ] {
+            err(raw);
+        }
+        err(&format!("a@{}.example.com", "d".repeat(64)));
+        ok(&format!("a@{}.example.com", "d".repeat(63)));
+    }
+
+    #[test]
+    fn every_accepted_address_is_one_the_mail_side_can_send() {
+        for raw in [
+            "a@x.com",
+            "o'brien@example.ie",
+            "user+tag@sub.example.org",
+            "x_y-z@a-b.example",
+            "élodie@bücher.de",
+            "用户@例子.广告",
+            "user@xn--bcher-kva.de",
+            "a!#$%&*+/=?^_`{|}~-@x.com",
+        ] {
+            let address = ok(raw);
+            address
+                .as_str()
+                .parse::<lettre::message::Mailbox>()
+                .unwrap_or_else(|e| panic!("{raw:?} was accepted but cannot be sent: {e}"));
+        }
+    }
+
+    #[test]
     fn local_part_length_limit() {
         let at_limit = format!("{}@x.com", "a".repeat(64));
         ok(&at_limit);
@@ -311,9 +350,25 @@ mod tests {
 
     #[test]
     fn length_counts_characters_not_bytes() {
-        // 60 two-byte characters in the local part: 120 bytes, 60 chars.
-        let addr = format!("{}@x.com", "é".repeat(60));
+        // 200 characters, 350 bytes: within the 254-character limit.
+        let domain = [
+            "ü".repeat(30),
+            "ü".repeat(30),
+            "ü".repeat(30),
+            "ü".repeat(30),
+            "ü".repeat(30),
+        ]
+        .join(".");
+        let addr = format!("{}@{domain}.de", "a".repeat(42));
+        assert_eq!(addr.chars().count(), 200);
         ok(&addr);
+    }
+
+    #[test]
+    fn the_local_part_is_at_most_64_bytes() {
+        // What SMTP can carry: 64 octets, so 32 two-byte characters.
+        ok(&format!("{}@x.com", "é".repeat(32)));
+        err(&format!("{}@x.com", "é".repeat(33)));
     }
 
     #[test]
