@@ -7,7 +7,7 @@ use napi::bindgen_prelude::{PromiseRaw, ToNapiValue};
 use napi::{Env, Result};
 use napi_derive::napi;
 
-use crate::error::{configuration, rejection, to_js_error};
+use crate::error::{rejection, to_js_error};
 use crate::runtime;
 use crate::types::{ClientOptions, SendLinkResponse, SessionClaims, Verification};
 
@@ -76,12 +76,14 @@ fn client(options: Option<ClientOptions>) -> std::result::Result<magicauth::Clie
         if let Some(ms) = options.timeout_ms {
             // Negative or not a number: not a duration at all. Zero is the core's to refuse.
             let timeout = Duration::try_from_secs_f64(ms / 1000.0)
-                .map_err(|_| configuration("timeoutMs must be a positive number of milliseconds"))?;
+                .map_err(|_| magicauth::Error::configuration("timeoutMs must be a positive number of milliseconds"))?;
             builder = builder.timeout(timeout);
         }
         if let Some(n) = options.max_retries {
             if !(n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&n)) {
-                return Err(configuration("maxRetries must be a non-negative integer"));
+                return Err(magicauth::Error::configuration(
+                    "maxRetries must be a non-negative integer",
+                ));
             }
             // In range and integral, checked above.
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

@@ -65,13 +65,3 @@ fn build<'env>(env: &'env Env, error: &magicauth::Error) -> napi::Result<Object<
     }
     Ok(object)
 }
-
-/// A configuration error for an option the binding checks itself.
-pub fn configuration(message: impl Into<String>) -> magicauth::Error {
-    magicauth::Error::Configuration(magicauth::ErrorDetail {
-        code: "configuration".to_owned(),
-        message: message.into(),
-        status: None,
-        raw_body: None,
-    })
-}

@@ -132,7 +132,7 @@ impl NativeClient {
         app_key: Option<String>,
         base_url: Option<String>,
         timeout: Option<f64>,
-        max_retries: Option<u32>,
+        max_retries: Option<i64>,
         user_agent: Option<String>,
     ) -> PyResult<Self> {
         let mut builder = Client::builder();
@@ -143,16 +143,23 @@ impl NativeClient {
             builder = builder.base_url(url);
         }
         if let Some(secs) = timeout {
-            let timeout = Duration::try_from_secs_f64(secs)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    pyo3::exceptions::PyValueError::new_err("timeout must be a positive number of seconds")
-                })?;
+            // Negative or not a number: not a duration at all. Zero is the core's to refuse.
+            let timeout = Duration::try_from_secs_f64(secs).map_err(|_| {
+                to_py_err(
+                    py,
+                    magicauth::Error::configuration("timeout must be a positive number of seconds"),
+                )
+            })?;
             builder = builder.timeout(timeout);
         }
         if let Some(n) = max_retries {
-            builder = builder.max_retries(n);
+            let retries = u32::try_from(n).map_err(|_| {
+                to_py_err(
+                    py,
+                    magicauth::Error::configuration("max_retries must be a non-negative integer"),
+                )
+            })?;
+            builder = builder.max_retries(retries);
         }
         builder = builder.user_agent(
             user_agent.unwrap_or_else(|| format!("magicauth-python/{} (rust core)", env!("CARGO_PKG_VERSION"))),

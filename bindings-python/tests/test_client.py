@@ -316,8 +316,27 @@ def test_configuration_from_the_environment(testbed: Testbed, app: Dict[str, str
     with pytest.raises(magicauth.ConfigurationError) as info:
         magicauth.Client()
     assert isinstance(info.value, ValueError)
-    with pytest.raises(ValueError):
-        magicauth.Client("mk_x", timeout=-1)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"timeout": 0},
+        {"timeout": -1},
+        {"timeout": float("nan")},
+        {"timeout": float("inf")},
+        {"max_retries": -1},
+        {"max_retries": 2**32},
+    ],
+)
+def test_unusable_options_are_configuration_errors(options: Dict[str, Any]) -> None:
+    # As in every binding: a MagicAuthError with code "configuration" (and, in
+    # Python, a ValueError too).
+    with pytest.raises(magicauth.ConfigurationError) as info:
+        magicauth.Client("mk_x", **options)
+    assert info.value.code == "configuration"
+    assert isinstance(info.value, magicauth.MagicAuthError)
+    assert isinstance(info.value, ValueError)
 
 
 def test_the_key_never_shows(testbed: Testbed) -> None:

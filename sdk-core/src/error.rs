@@ -269,8 +269,9 @@ impl Error {
         Error::InvalidSession(ErrorDetail::new("invalid_session", message, None))
     }
 
-    #[cfg(feature = "client")]
-    pub(crate) fn configuration(message: impl Into<String>) -> Self {
+    /// A [`Error::Configuration`]: the client's options are not usable. For
+    /// the bindings, which check the options they take in their own types.
+    pub fn configuration(message: impl Into<String>) -> Self {
         Error::Configuration(ErrorDetail::new("configuration", message, None))
     }
 }
