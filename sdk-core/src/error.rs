@@ -209,7 +209,11 @@ impl Error {
                 403 => Error::Forbidden(detail),
                 429 => Error::RateLimited { detail, retry_after },
                 400..=499 => Error::InvalidRequest(detail),
-                _ => Error::Server(detail),
+                // A 5xx with a code the contract does not know is `server_error`.
+                _ => Error::Server(ErrorDetail {
+                    code: "server_error".to_owned(),
+                    ..detail
+                }),
             },
         }
     }
@@ -304,6 +308,15 @@ mod tests {
             assert_eq!(error.code(), code);
             assert_eq!(error.status(), Some(status));
         }
+    }
+
+    #[test]
+    fn a_5xx_with_a_code_the_contract_does_not_know_is_server_error() {
+        let error = Error::from_api("maintenance", "Back soon".into(), 503, None);
+        assert!(matches!(error, Error::Server(_)));
+        assert_eq!(error.code(), "server_error");
+        assert_eq!(error.message(), "Back soon");
+        assert_eq!(error.status(), Some(503));
     }
 
     #[test]
