@@ -209,19 +209,38 @@ pub struct CreateApp {
     /// Links per calendar month (UTC); unlimited when unset.
     #[arg(long)]
     pub monthly_limit: Option<u32>,
-    /// Lifetime of a link, e.g. 90s, 15m, 24h (default 15m).
-    #[arg(long, value_parser = duration_arg)]
+    /// Lifetime of a link, e.g. 90s, 15m, 24h (default 15m; 1s to 30d).
+    #[arg(long, value_parser = token_ttl_arg)]
     pub token_ttl: Option<Duration>,
-    /// Lifetime of the session JWT (default 24h).
-    #[arg(long, value_parser = duration_arg)]
+    /// Lifetime of the session JWT (default 24h; 1s to 366d).
+    #[arg(long, value_parser = session_ttl_arg)]
     pub session_ttl: Option<Duration>,
     /// One line of JSON: {"app_id": …, "app_key": …}.
     #[arg(long)]
     pub json: bool,
 }
 
-fn duration_arg(s: &str) -> Result<Duration, String> {
-    parse_duration(s)
+/// The longest a link may live: a link in an inbox is a standing way in.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// The longest a session JWT may live.
+const MAX_SESSION_TTL: Duration = Duration::from_secs(366 * 86_400);
+
+fn token_ttl_arg(s: &str) -> Result<Duration, String> {
+    bounded_duration_arg(s, MAX_TOKEN_TTL, "30d")
+}
+
+fn session_ttl_arg(s: &str) -> Result<Duration, String> {
+    bounded_duration_arg(s, MAX_SESSION_TTL, "366d")
+}
+
+/// A duration from 1 s to `max` (so that a lifetime added to a timestamp
+/// can never overflow).
+fn bounded_duration_arg(s: &str, max: Duration, max_text: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d < Duration::from_secs(1) => Err(format!("invalid duration `{s}`: must be at least 1s")),
+        d if d > max => Err(format!("invalid duration `{s}`: must be at most {max_text}")),
+        d => Ok(d),
+    }
 }
 
 fn positive_duration_arg(s: &str) -> Result<Duration, String> {
@@ -307,5 +326,32 @@ mod tests {
             "soon",
         ]);
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn lifetimes_are_bounded() {
+        let create = |flag: &str, value: &str| {
+            Cli::try_parse_from([
+                "magicauth-server",
+                "apps",
+                "create",
+                "--name",
+                "x",
+                "--redirect-url",
+                "https://a.com",
+                flag,
+                value,
+            ])
+        };
+        for (flag, longest) in [("--token-ttl", "30d"), ("--session-ttl", "366d")] {
+            assert!(create(flag, "1s").is_ok(), "{flag} 1s");
+            assert!(create(flag, longest).is_ok(), "{flag} {longest}");
+            for bad in ["0s", "200000000000d"] {
+                let error = create(flag, bad).expect_err(bad).to_string();
+                assert!(error.contains(flag), "{flag} {bad}: {error}");
+            }
+        }
+        let error = create("--token-ttl", "31d").expect_err("31d").to_string();
+        assert!(error.contains("at most 30d"), "{error}");
     }
 }
