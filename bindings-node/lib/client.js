@@ -1,7 +1,8 @@
 'use strict'
 // `Client`: the public face of the native client. It checks argument types,
 // turns native errors into the exported error classes, and keeps the app key
-// out of `util.inspect`. Everything else happens in the Rust core.
+// and session tokens out of `util.inspect`. Everything else happens in the
+// Rust core.
 
 const { inspect } = require('node:util')
 const native = require('../native/index.js')
@@ -25,6 +26,28 @@ function requireString(name, value) {
 function tokenFromUrl(urlOrQuery) {
   requireString('urlOrQuery', urlOrQuery)
   return native.tokenFromUrl(urlOrQuery)
+}
+
+/**
+ * Keeps a verification's session token out of `util.inspect` (and so out of
+ * `console.log`), as the Python SDK keeps it out of `repr`: it is a
+ * credential. The object stays a plain object with the token as a field, so
+ * JSON and destructuring see it as before.
+ * @template {{token: string}} V
+ * @param {V} verification
+ * @returns {V}
+ */
+function hideToken(verification) {
+  Object.defineProperty(verification, inspect.custom, {
+    /**
+     * @param {number} _depth
+     * @param {import('node:util').InspectOptionsStylized} options
+     */
+    value(_depth, options) {
+      return inspect({ ...verification, token: '***' }, options)
+    },
+  })
+  return verification
 }
 
 class Client {
@@ -66,7 +89,7 @@ class Client {
   async verifyToken(token) {
     requireString('token', token)
     try {
-      return await this.#native.verifyToken(token)
+      return hideToken(await this.#native.verifyToken(token))
     } catch (error) {
       throw fromNative(error)
     }

@@ -58,6 +58,14 @@ test('a round trip: plain objects, Dates, a session that checks out', async () =
   assert.ok(Math.abs(user.lastLoginAt.getTime() - before) < 60_000, user.lastLoginAt.toISOString())
   assert.equal(verification.redirectUrl, 'https://app.example.com/auth/callback')
 
+  // The session token is a credential: kept out of inspect (console.log), as Python's repr does; JSON keeps it.
+  for (const shown of [inspect(verification), inspect(verification, { showHidden: true, depth: null })]) {
+    assert.ok(!shown.includes(verification.token), shown)
+    assert.match(shown, /token: '\*\*\*'/)
+    assert.match(shown, /ada@example\.com/)
+  }
+  assert.equal(JSON.parse(JSON.stringify(verification)).token, verification.token)
+
   const claims = await c.verifySession(verification.token)
   assert.deepEqual(Object.keys(claims).sort(), ['aud', 'email', 'exp', 'iat', 'iss', 'jti', 'sub'])
   assert.equal(claims.sub, String(user.id))
