@@ -312,9 +312,9 @@ mod tests {
         assert!(Cli::try_parse_from(["magicauth-server", "--mail-concurrency", "0"]).is_err());
     }
 
-    #[test]
-    fn bad_durations_are_refused() {
-        let parsed = Cli::try_parse_from([
+    /// `apps create` with one more flag.
+    fn create_with(flag: &str, value: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from([
             "magicauth-server",
             "apps",
             "create",
@@ -322,36 +322,27 @@ mod tests {
             "x",
             "--redirect-url",
             "https://a.com",
-            "--token-ttl",
-            "soon",
-        ]);
-        assert!(parsed.is_err());
+            flag,
+            value,
+        ])
+    }
+
+    #[test]
+    fn bad_durations_are_refused() {
+        assert!(create_with("--token-ttl", "soon").is_err());
     }
 
     #[test]
     fn lifetimes_are_bounded() {
-        let create = |flag: &str, value: &str| {
-            Cli::try_parse_from([
-                "magicauth-server",
-                "apps",
-                "create",
-                "--name",
-                "x",
-                "--redirect-url",
-                "https://a.com",
-                flag,
-                value,
-            ])
-        };
         for (flag, longest) in [("--token-ttl", "30d"), ("--session-ttl", "366d")] {
-            assert!(create(flag, "1s").is_ok(), "{flag} 1s");
-            assert!(create(flag, longest).is_ok(), "{flag} {longest}");
+            assert!(create_with(flag, "1s").is_ok(), "{flag} 1s");
+            assert!(create_with(flag, longest).is_ok(), "{flag} {longest}");
             for bad in ["0s", "200000000000d"] {
-                let error = create(flag, bad).expect_err(bad).to_string();
+                let error = create_with(flag, bad).expect_err(bad).to_string();
                 assert!(error.contains(flag), "{flag} {bad}: {error}");
             }
         }
-        let error = create("--token-ttl", "31d").expect_err("31d").to_string();
+        let error = create_with("--token-ttl", "31d").expect_err("31d").to_string();
         assert!(error.contains("at most 30d"), "{error}");
     }
 }
