@@ -122,6 +122,12 @@ fn claims_dict(py: Python<'_>, c: SessionClaims) -> PyResult<Py<PyAny>> {
     Ok(dict.into_any().unbind())
 }
 
+/// The core's configuration error (`ConfigurationError`) for an option this
+/// binding checks in its own types.
+fn configuration(py: Python<'_>, message: &str) -> PyErr {
+    to_py_err(py, magicauth::Error::configuration(message))
+}
+
 #[pymethods]
 impl NativeClient {
     /// Arguments left out come from MAGICAUTH_APP_KEY / MAGICAUTH_BASE_URL.
@@ -144,21 +150,13 @@ impl NativeClient {
         }
         if let Some(secs) = timeout {
             // Negative or not a number: not a duration at all. Zero is the core's to refuse.
-            let timeout = Duration::try_from_secs_f64(secs).map_err(|_| {
-                to_py_err(
-                    py,
-                    magicauth::Error::configuration("timeout must be a positive number of seconds"),
-                )
-            })?;
+            let timeout = Duration::try_from_secs_f64(secs)
+                .map_err(|_| configuration(py, "timeout must be a positive number of seconds"))?;
             builder = builder.timeout(timeout);
         }
         if let Some(n) = max_retries {
-            let retries = u32::try_from(n).map_err(|_| {
-                to_py_err(
-                    py,
-                    magicauth::Error::configuration("max_retries must be a non-negative integer"),
-                )
-            })?;
+            let retries =
+                u32::try_from(n).map_err(|_| configuration(py, "max_retries must be a non-negative integer"))?;
             builder = builder.max_retries(retries);
         }
         builder = builder.user_agent(
