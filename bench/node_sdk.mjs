@@ -11,10 +11,11 @@
 // Clients:
 //   sdk          `client.verifyToken(token)`
 //   fetch        the seed's code: `fetch` + JSON, the key in the body
-//   fetch+key    the same with an `Idempotency-Key`, as the SDK sends on every
-//                call (so retries are safe); the server stores a record per
-//                key, a database write the seed's requests never cause, so
-//                this row is the SDK's wire traffic without the SDK
+//   fetch+key    the same with an `Idempotency-Key` of the form the SDK sends
+//                on every call (so retries are safe; a ULID); the server
+//                stores a record per key, a database write the seed's
+//                requests never cause, so this row is the SDK's wire traffic
+//                without the SDK
 //   http+key     `node:http` with a keep-alive agent, plus the key
 //   raw+key      the least a client on the event loop can do: one kept-alive
 //                `node:net` socket per call in flight, the request written as
@@ -29,7 +30,7 @@
 // BENCH_TOKENS (success-path tokens per run, default 3000), BENCH_CONCURRENCY
 // (calls in flight, default "1,16").
 
-import { randomUUID } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import http from 'node:http'
 import net from 'node:net'
 
@@ -42,6 +43,17 @@ const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? '1,16').split(',').map(Num
 // The clients take turns in this many rounds, so that a change in the
 // machine's speed during the run (disk sync time varies a lot here) hits all alike.
 const ROUNDS = 5
+
+const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
+
+/** An `Idempotency-Key` as the SDK makes them: a ULID (48 bits of milliseconds, then 80 random bits). */
+function requestKey() {
+  let key = ''
+  for (let time = Date.now(), i = 0; i < 10; i++, time = Math.floor(time / 32)) key = CROCKFORD[time % 32] + key
+  // 256 is a multiple of 32: each byte gives 5 uniform bits.
+  for (const byte of randomBytes(16)) key += CROCKFORD[byte & 31]
+  return key
+}
 
 /**
  * Runs `call(i)` for i in [from, to) with `concurrency` calls in flight; resolves to seconds taken.
@@ -92,7 +104,7 @@ function seedVerify(baseUrl, appKey, idempotent) {
   return async (token) => {
     /** @type {Record<string, string>} */
     const headers = { 'Content-Type': 'application/json' }
-    if (idempotent) headers['Idempotency-Key'] = randomUUID()
+    if (idempotent) headers['Idempotency-Key'] = requestKey()
     const response = await fetch(`${baseUrl}/verify-token`, {
       method: 'POST',
       headers,
@@ -118,7 +130,7 @@ function httpVerify(baseUrl, appKey, agent) {
       const headers = {
         'Content-Type': 'application/json',
         'Content-Length': Buffer.byteLength(body),
-        'Idempotency-Key': randomUUID(),
+        'Idempotency-Key': requestKey(),
       }
       const request = http.request(url, { agent, method: 'POST', headers }, (response) => {
         let text = ''
@@ -203,7 +215,7 @@ function rawVerify(baseUrl, appKey, opened) {
   /** @param {string} token @returns {Promise<Answer>} */
   return async (token) => {
     const body = JSON.stringify({ token, app_key: appKey })
-    const request = `${head}Idempotency-Key: ${randomUUID()}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+    const request = `${head}Idempotency-Key: ${requestKey()}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
     let connection = idle.pop()
     if (connection === undefined) {
       connection = new RawConnection(url)

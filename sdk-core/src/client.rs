@@ -346,7 +346,7 @@ impl Client {
         let body =
             serde_json::to_vec(body).map_err(|e| Error::configuration(format!("unserialisable request: {e}")))?;
         // One key for every attempt of this call, so a retry is never a second send.
-        let idempotency_key = crate::session::random_id();
+        let idempotency_key = crate::retry::request_key();
         self.with_retries(|| {
             let mut headers = HeaderMap::new();
             headers.insert("content-type", HeaderValue::from_static("application/json"));

@@ -64,6 +64,39 @@ impl RetryPolicy {
     }
 }
 
+/// Crockford's base32 alphabet, in ASCII order: text order is number order.
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// A new `Idempotency-Key`: a ULID, the milliseconds since the Unix epoch
+/// and 80 random bits from the OS. Keys made later sort later, so a server's
+/// index of keys grows at its end, on the pages it wrote last, instead of on
+/// a random page per request; the random bits keep the keys of one
+/// millisecond apart.
+pub(crate) fn request_key() -> String {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut random = [0u8; 10];
+    // Without OS randomness the key is still unique per call thanks to the
+    // clock's nanoseconds.
+    if getrandom::fill(&mut random).is_err() {
+        random.copy_from_slice(&since_epoch.as_nanos().to_be_bytes()[6..]);
+    }
+    ulid(since_epoch.as_millis(), random)
+}
+
+/// The ULID of a time (its low 48 bits) and 80 random bits: 26 characters of
+/// Crockford's base32, the first of which carries 3 bits.
+fn ulid(millis: u128, random: [u8; 10]) -> String {
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[10..]);
+    bytes[6..].copy_from_slice(&random);
+    let bits = u128::from_be_bytes(bytes);
+    (0..26)
+        .map(|i| char::from(CROCKFORD[((bits >> (125 - 5 * i)) & 31) as usize]))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +155,26 @@ mod tests {
         }
         let spread: std::collections::HashSet<_> = (0..20).map(|_| p.backoff(3)).collect();
         assert!(spread.len() > 1, "jittered");
+    }
+
+    #[test]
+    fn request_keys_are_ulids() {
+        // The ULID specification's example time.
+        assert!(ulid(1_469_918_176_385, [0; 10]).starts_with("01ARYZ6S41"));
+        assert_eq!(ulid(0, [0; 10]), "00000000000000000000000000");
+        assert_eq!(ulid(u128::MAX, [0xff; 10]), "7ZZZZZZZZZZZZZZZZZZZZZZZZZ");
+        assert_eq!(ulid(0, [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]), "00000000000000000000000001");
+    }
+
+    #[test]
+    fn a_later_key_sorts_later_and_keys_of_one_millisecond_differ() {
+        assert!(ulid(1_000, [0xff; 10]) < ulid(1_001, [0; 10]));
+        assert!(ulid(1_000, [1; 10]) < ulid(1_000, [2; 10]));
+        let keys: std::collections::HashSet<String> = (0..1000).map(|_| request_key()).collect();
+        assert_eq!(keys.len(), 1000);
+        for key in &keys {
+            assert_eq!(key.len(), 26);
+            assert!(key.bytes().all(|b| CROCKFORD.contains(&b)), "{key}");
+        }
     }
 }

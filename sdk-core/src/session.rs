@@ -234,16 +234,3 @@ fn decode_json<T: DeserializeOwned>(segment: &str) -> Result<T, Error> {
         .map_err(|_| Error::session("malformed session token"))?;
     serde_json::from_slice(&bytes).map_err(|_| Error::session("malformed session token"))
 }
-
-/// A random id (idempotency keys): 128 bits from the OS, base64url.
-pub(crate) fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    // Without OS randomness the key is still unique per call thanks to the clock.
-    if getrandom::fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        bytes = nanos.to_le_bytes();
-    }
-    B64.encode(bytes)
-}
