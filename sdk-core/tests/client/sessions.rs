@@ -198,6 +198,16 @@ async fn keys_and_app_info_are_fetched_once_for_many_verifications() {
     server.verify().await;
 }
 
+/// The outcomes of `verify_session(token)` from `tasks` tasks at once.
+async fn verify_concurrently(client: &Client, token: &str, tasks: usize) -> Vec<Result<SessionClaims, Error>> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let (client, token) = (client.clone(), token.to_owned());
+        set.spawn(async move { client.verify_session(&token).await });
+    }
+    set.join_all().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_first_verifications_fetch_once() {
     let server = MockServer::start().await;
@@ -205,13 +215,8 @@ async fn concurrent_first_verifications_fetch_once() {
     mount_keys_and_app(&server, &[&k1]).await;
     let client = builder(&server).build().unwrap();
     let token = k1.sign(&claims(now()));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..16 {
-        let (client, token) = (client.clone(), token.clone());
-        tasks.spawn(async move { client.verify_session(&token).await });
-    }
-    while let Some(result) = tasks.join_next().await {
-        assert_eq!(result.unwrap().unwrap().sub, "123");
+    for result in verify_concurrently(&client, &token, 16).await {
+        assert_eq!(result.unwrap().sub, "123");
     }
     assert_eq!(count(&server, JWKS_PATH).await, 1);
     assert_eq!(count(&server, APP_PATH).await, 1);
@@ -683,13 +688,8 @@ async fn calls_waiting_for_a_failing_first_fetch_share_its_outcome() {
         .await;
     let client = builder(&server).build().unwrap();
     let token = k1.sign(&claims(now()));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let (client, token) = (client.clone(), token.clone());
-        tasks.spawn(async move { client.verify_session(&token).await });
-    }
-    while let Some(result) = tasks.join_next().await {
-        let error = result.unwrap().unwrap_err();
+    for result in verify_concurrently(&client, &token, 8).await {
+        let error = result.unwrap_err();
         assert_eq!(error.status(), Some(404), "{error:?}");
     }
     assert_eq!(count(&server, JWKS_PATH).await, 1);
