@@ -4,6 +4,13 @@ use clap::Parser;
 use magicauth_server::config::{Cli, Command};
 use magicauth_server::{Application, app, apps, telemetry};
 
+/// mimalloc rather than the system allocator: a request allocates and frees
+/// many small buffers across the runtime's threads (headers, JSON, SQLite's
+/// statements). glibc's malloc took about an eighth of the server's CPU time
+/// per verification; with mimalloc that CPU time is about a tenth lower.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -12,6 +12,11 @@ use magicauth_testbed::{Testbed, control, null_api};
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// The server's allocator (see the server's `main.rs`), so that the test bed,
+/// which the benchmarks measure, runs the server as it ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let exit_on_eof = std::env::args().any(|a| a == "--exit-on-stdin-eof");
